@@ -1,0 +1,45 @@
+# keygate's one task runner; CI runs `make test` (through .ci/run) and nothing else.
+#   make demo   the gateway on conf/demo.yaml (file store) with a demo upstream on :8080
+#   make test   every test, installing what they need (cmake, redis-server) when missing
+#   make lint   rustfmt check and clippy with warnings denied
+#   make bench  criterion micro-benchmarks
+
+CARGO ?= cargo
+# One build profile for everything (tests, demo, benches): pingora builds once.
+PROFILE := --release
+APT_PACKAGES := cmake redis-server
+
+.PHONY: deps demo test lint bench build
+
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v cc >/dev/null || missing="$$missing build-essential"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build $(PROFILE) --bin keygate --example demo_upstream
+
+demo: build
+	@./target/release/examples/demo_upstream 127.0.0.1:8080 & up=$$!; \
+	trap 'kill $$up 2>/dev/null' EXIT INT TERM; \
+	echo "try: curl -i localhost:6188/ingest -H 'X-ApiKey: demo-key-0001' -d '{}'"; \
+	./target/release/keygate -c conf/demo.yaml
+
+test: deps
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run $(PROFILE) --no-fail-fast; \
+	else \
+		$(CARGO) test $(PROFILE) --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(PROFILE) --all-targets -- -D warnings
+
+bench: deps
+	$(CARGO) bench --bench decision

@@ -1,0 +1,151 @@
+//! The gateway's own answers: every rejection of the contract's table, with its status, JSON
+//! body and `Retry-After`.
+//!
+//! Before answering, a small request body is read and thrown away: Pingora closes a connection
+//! whose request body was left unread, and a client that must reconnect after every rejection
+//! costs several times the work. A body past the bound (in size or time) is not waited for;
+//! that connection is closed instead.
+
+use crate::limit::RetryAfter;
+use crate::metrics::Outcome;
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::time::Duration;
+
+/// The most request body read and discarded to keep a rejected client's connection open.
+const DRAIN_MAX_BYTES: usize = 64 * 1024;
+/// The longest a rejection waits for that body.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+/// What a 503 asks the client to wait: store trouble is usually over in about a second.
+const RETRY_AFTER_UNAVAILABLE: u64 = 1;
+
+/// Why the gateway answers a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    MissingKey,
+    MalformedKey,
+    UnknownKey,
+    DisabledKey,
+    RateLimited(RetryAfter),
+    StoreUnavailable,
+    Overloaded,
+}
+
+impl Rejection {
+    pub fn status(self) -> u16 {
+        match self {
+            Rejection::MissingKey | Rejection::MalformedKey => 401,
+            Rejection::UnknownKey | Rejection::DisabledKey => 403,
+            Rejection::RateLimited(_) => 429,
+            Rejection::StoreUnavailable | Rejection::Overloaded => 503,
+        }
+    }
+
+    /// The JSON body; static, so a rejection allocates nothing for it.
+    pub fn body(self) -> &'static str {
+        match self {
+            Rejection::MissingKey => r#"{"error":"missing_api_key"}"#,
+            Rejection::MalformedKey => r#"{"error":"malformed_api_key"}"#,
+            Rejection::UnknownKey => r#"{"error":"unknown_api_key"}"#,
+            Rejection::DisabledKey => r#"{"error":"disabled_api_key"}"#,
+            Rejection::RateLimited(_) => r#"{"error":"rate_limited"}"#,
+            Rejection::StoreUnavailable => r#"{"error":"key_store_unavailable"}"#,
+            Rejection::Overloaded => r#"{"error":"overloaded"}"#,
+        }
+    }
+
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Rejection::MissingKey => Outcome::MissingKey,
+            Rejection::MalformedKey => Outcome::MalformedKey,
+            Rejection::UnknownKey => Outcome::UnknownKey,
+            Rejection::DisabledKey => Outcome::DisabledKey,
+            Rejection::RateLimited(_) => Outcome::RateLimited,
+            Rejection::StoreUnavailable => Outcome::StoreUnavailable,
+            Rejection::Overloaded => Outcome::Overloaded,
+        }
+    }
+
+    pub fn retry_after(self) -> Option<u64> {
+        match self {
+            Rejection::RateLimited(RetryAfter(seconds)) => Some(seconds),
+            Rejection::StoreUnavailable | Rejection::Overloaded => Some(RETRY_AFTER_UNAVAILABLE),
+            _ => None,
+        }
+    }
+
+    pub fn response_header(self) -> ResponseHeader {
+        let body = self.body();
+        let mut header = ResponseHeader::build(self.status(), Some(4)).expect("valid status");
+        let _ = header.insert_header("Content-Type", "application/json");
+        let _ = header.insert_header("Content-Length", body.len());
+        if let Some(seconds) = self.retry_after() {
+            let _ = header.insert_header("Retry-After", seconds);
+        }
+        header
+    }
+}
+
+/// Answers `rejection` on a proxied request, keeping the connection open where it can.
+pub async fn reject(session: &mut Session, rejection: Rejection) -> pingora::Result<()> {
+    if !drain_body(session).await {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(rejection.response_header()), false).await?;
+    session.write_response_body(Some(Bytes::from_static(rejection.body().as_bytes())), true).await
+}
+
+/// Reads and discards the request body within the bounds; false when it could not.
+async fn drain_body(session: &mut Session) -> bool {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > DRAIN_MAX_BYTES) {
+        return false;
+    }
+    let drain = async {
+        let mut read = 0;
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len();
+                    if read > DRAIN_MAX_BYTES {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(DRAIN_DEADLINE, drain).await.unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_matches_the_contract() {
+        let cases = [
+            (Rejection::MissingKey, 401, "missing_api_key", None),
+            (Rejection::MalformedKey, 401, "malformed_api_key", None),
+            (Rejection::UnknownKey, 403, "unknown_api_key", None),
+            (Rejection::DisabledKey, 403, "disabled_api_key", None),
+            (Rejection::RateLimited(RetryAfter(3)), 429, "rate_limited", Some(3)),
+            (Rejection::StoreUnavailable, 503, "key_store_unavailable", Some(1)),
+            (Rejection::Overloaded, 503, "overloaded", Some(1)),
+        ];
+        for (rejection, status, code, retry_after) in cases {
+            assert_eq!(rejection.status(), status);
+            assert_eq!(rejection.body(), format!(r#"{{"error":"{code}"}}"#));
+            assert_eq!(rejection.retry_after(), retry_after);
+            let header = rejection.response_header();
+            assert_eq!(header.headers["content-type"], "application/json");
+            assert_eq!(header.headers.get("retry-after").is_some(), retry_after.is_some());
+        }
+    }
+}

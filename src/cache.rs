@@ -1,0 +1,145 @@
+//! Stage 2a of the request path: what the cache says about a key id.
+//!
+//! Known and unknown keys are held in two separate bounded caches, so a flood of unknown keys
+//! can only evict other unknown keys, never a known one. A known entry is fresh for `ttl`, then
+//! served stale (and refreshed in the background) for up to `stale` more while the store cannot
+//! confirm it. An unknown entry lives for `negative_ttl`.
+//!
+//! The hit path takes no lock of ours and allocates nothing: quick_cache's shard lookup and an
+//! `Arc` clone.
+
+use crate::key::KeyId;
+use crate::limit::Grant;
+use quick_cache::sync::Cache;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a failed background refresh waits before the next try, so that a store outage
+/// costs each stale key one lookup per second rather than one per request.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+struct Known {
+    grant: Arc<Grant>,
+    /// When the store last confirmed the record.
+    verified: Instant,
+    /// No background refresh before this (set after a failed one).
+    retry_at: Instant,
+    /// The cache's epoch when verified; an older epoch means "check again".
+    epoch: u64,
+}
+
+/// The cache's answer for one key id.
+pub enum Cached {
+    /// Known and recently confirmed.
+    Fresh(Arc<Grant>),
+    /// Known, past its TTL but within `stale`: serve it; `refresh` says whether to ask the store.
+    Stale { grant: Arc<Grant>, refresh: bool },
+    /// Recently confirmed absent from the store.
+    Unknown,
+    /// Nothing usable: the store must be asked.
+    Miss,
+}
+
+pub struct KeyCache {
+    known: Cache<KeyId, Known>,
+    unknown: Cache<KeyId, Instant>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    stale: Duration,
+    /// Bumped when every known entry must be confirmed again, e.g. after announcements may have
+    /// been missed; entries of an older epoch are served stale until refreshed.
+    epoch: AtomicU64,
+}
+
+impl KeyCache {
+    pub fn new(config: &crate::config::CacheConfig) -> Self {
+        KeyCache {
+            known: Cache::new(config.capacity),
+            unknown: Cache::new(config.negative_capacity),
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+            stale: config.stale,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self, id: &KeyId) -> Cached {
+        let now = Instant::now();
+        if let Some(known) = self.known.get(id) {
+            let age = now.saturating_duration_since(known.verified);
+            if age < self.ttl && known.epoch == self.epoch.load(Ordering::Relaxed) {
+                return Cached::Fresh(known.grant);
+            }
+            if age < self.ttl + self.stale {
+                return Cached::Stale { grant: known.grant, refresh: now >= known.retry_at };
+            }
+            return Cached::Miss;
+        }
+        match self.unknown.get(id) {
+            Some(at) if now.saturating_duration_since(at) < self.negative_ttl => Cached::Unknown,
+            _ => Cached::Miss,
+        }
+    }
+
+    /// The grant cached for `id`, however old (its limiter carries over to a refreshed record).
+    pub fn grant_of(&self, id: &KeyId) -> Option<Arc<Grant>> {
+        self.known.peek(id).map(|k| k.grant)
+    }
+
+    /// Records that the store just confirmed `id`. With `doubtful` (an announcement arrived
+    /// while the lookup was in flight) the entry is served but checked again at once.
+    pub fn remember_known(&self, id: KeyId, grant: Arc<Grant>, doubtful: bool) {
+        let now = Instant::now();
+        let verified = if doubtful { now.checked_sub(self.ttl).unwrap_or(now) } else { now };
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.unknown.remove(&id);
+        self.known.insert(id, Known { grant, verified, retry_at: now, epoch });
+    }
+
+    /// Records that the store just said `id` has no record.
+    pub fn remember_unknown(&self, id: KeyId) {
+        self.known.remove(&id);
+        self.unknown.insert(id, Instant::now());
+    }
+
+    /// After a failed refresh: keep serving the entry, try again in a second.
+    pub fn postpone_refresh(&self, id: &KeyId) {
+        if let Some(mut known) = self.known.peek(id) {
+            known.retry_at = Instant::now() + REFRESH_RETRY;
+            self.known.insert(*id, known);
+        }
+    }
+
+    /// An announcement for `id`: forget it, known or unknown.
+    pub fn forget(&self, id: &KeyId) {
+        self.known.remove(id);
+        self.unknown.remove(id);
+    }
+
+    /// An announcement of `*`: forget everything.
+    pub fn forget_all(&self) {
+        self.known.clear();
+        self.unknown.clear();
+    }
+
+    /// Announcements may have been missed: trust no unknown entry, and confirm every known one
+    /// again (still serving it meanwhile).
+    pub fn distrust_all(&self) {
+        self.unknown.clear();
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn known_len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn unknown_len(&self) -> usize {
+        self.unknown.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,40 @@
+//! keygate: an API-key edge gateway on Pingora.
+//!
+//! It sits in front of an ingestion API, rejects requests whose key is missing, malformed,
+//! unknown, disabled or over its limit, and forwards the rest. Known *and* unknown keys are
+//! cached, so a flood of bogus keys never reaches the key store more than once per key.
+//!
+//! # Layout
+//!
+//! The request path, one module per stage ([`proxy`] wires them under a chart of the phases):
+//!
+//! - [`extract`]: where the key comes from (headers, query), and what is malformed.
+//! - [`key`]: the [`key::ApiKey`] that cannot print itself, and the [`key::KeyId`] it is known by.
+//! - [`lookup`]: what the cache ([`cache`]) or else the store ([`store`]) says about a key id.
+//! - [`limit`]: per-key and per-IP rate limits; [`client_ip`] says whose IP.
+//! - [`answer`]: the gateway's own rejections, as the contract's table says.
+//! - [`upstream`]: which ingestion node a forwarded request goes to.
+//! - [`metrics`]: what is counted, served by [`admin`].
+//!
+//! Around it: [`config`] (the YAML and its validation), [`invalidate`] (announcements from
+//! Redis), [`gateway`] (the shared state), [`server`] (the Pingora server), [`cli`] (the
+//! command line) and [`demo_upstream`] (a tiny ingestion node for the demo and the tests).
+
+pub mod admin;
+pub mod answer;
+pub mod cache;
+pub mod cli;
+pub mod client_ip;
+pub mod config;
+pub mod demo_upstream;
+pub mod extract;
+pub mod gateway;
+pub mod invalidate;
+pub mod key;
+pub mod limit;
+pub mod lookup;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,143 @@
+//! Stage 3 of the request path: whether the limit allows it.
+//!
+//! Two kinds of limit, both GCRA (governor): one per known key, whose state lives beside the
+//! key's cache entry (so it costs no second lookup and is dropped with the entry), and one per
+//! client address for requests without a usable key, charged before any store lookup.
+
+use crate::config::Rate;
+use crate::store::KeyRecord;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long until a limited client may try again, in whole seconds (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub u64);
+
+impl RetryAfter {
+    fn from_wait(wait: Duration) -> Self {
+        RetryAfter(wait.as_secs_f64().ceil().max(1.0) as u64)
+    }
+}
+
+fn quota(rate: Rate) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period).expect("period is never zero").allow_burst(burst)
+}
+
+/// One key's limiter and the rate it was built for.
+pub struct KeyLimiter {
+    rate: Rate,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl KeyLimiter {
+    pub fn new(rate: Rate) -> Self {
+        KeyLimiter { rate, limiter: DefaultDirectRateLimiter::direct(quota(rate)) }
+    }
+
+    pub fn check(&self) -> Result<(), RetryAfter> {
+        self.limiter
+            .check()
+            .map_err(|until| RetryAfter::from_wait(until.wait_time_from(DefaultClock::default().now())))
+    }
+}
+
+/// A known key: its record and its limiter, shared by every request that uses it.
+pub struct Grant {
+    pub record: KeyRecord,
+    pub limiter: Arc<KeyLimiter>,
+}
+
+impl Grant {
+    /// Builds the grant for a freshly fetched record. The limiter of `previous` is kept when
+    /// the key's rate did not change, so a refresh never hands a key a fresh burst.
+    pub fn new(record: KeyRecord, default: Rate, previous: Option<&Grant>) -> Self {
+        let rate = Rate {
+            per_second: record.rate.unwrap_or(default.per_second),
+            burst: record.burst.unwrap_or(default.burst),
+        };
+        let limiter = match previous {
+            Some(p) if p.limiter.rate == rate => p.limiter.clone(),
+            _ => Arc::new(KeyLimiter::new(rate)),
+        };
+        Grant { record, limiter }
+    }
+}
+
+/// The per-address limit on requests that carry no usable key.
+pub struct IpLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl IpLimiter {
+    pub fn new(rate: Rate) -> Self {
+        IpLimiter { limiter: DefaultKeyedRateLimiter::keyed(quota(rate)) }
+    }
+
+    pub fn check(&self, client: IpAddr) -> Result<(), RetryAfter> {
+        self.limiter
+            .check_key(&client)
+            .map_err(|until| RetryAfter::from_wait(until.wait_time_from(self.limiter.clock().now())))
+    }
+
+    /// Forgets addresses whose state is back to a full burst; called periodically so that a
+    /// scan from many addresses cannot grow memory without bound.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_refusal_with_at_least_one_second() {
+        let limiter = KeyLimiter::new(Rate { per_second: 0.5, burst: 3 });
+        for _ in 0..3 {
+            assert!(limiter.check().is_ok());
+        }
+        assert_eq!(limiter.check(), Err(RetryAfter(2)));
+        let fast = KeyLimiter::new(Rate { per_second: 1000.0, burst: 1 });
+        assert!(fast.check().is_ok());
+        assert_eq!(fast.check(), Err(RetryAfter(1)));
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_limiter_unless_the_rate_changed() {
+        let default = Rate { per_second: 1.0, burst: 1 };
+        let first = Grant::new(KeyRecord::active("a"), default, None);
+        assert!(first.limiter.check().is_ok());
+        let same = Grant::new(KeyRecord::active("a"), default, Some(&first));
+        assert!(Arc::ptr_eq(&first.limiter, &same.limiter));
+        assert!(same.limiter.check().is_err());
+        let record = KeyRecord { burst: Some(5), ..KeyRecord::active("a") };
+        let changed = Grant::new(record, default, Some(&same));
+        assert!(!Arc::ptr_eq(&same.limiter, &changed.limiter));
+        assert!(changed.limiter.check().is_ok());
+    }
+
+    #[test]
+    fn addresses_are_limited_apart() {
+        let limiter = IpLimiter::new(Rate { per_second: 1.0, burst: 2 });
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(limiter.check(a).is_ok() && limiter.check(a).is_ok());
+        assert!(limiter.check(a).is_err());
+        assert!(limiter.check(b).is_ok());
+        assert_eq!(limiter.len(), 2);
+    }
+}

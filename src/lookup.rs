@@ -1,0 +1,192 @@
+//! Stage 2 of the request path: a key id's verdict, from the cache or else from the store.
+//!
+//! This is where the contract's store guarantees live:
+//! - one store query per key id in flight per process; concurrent requests wait for its answer;
+//! - at most `max_inflight` queries at once; beyond that a lookup is shed as `Overloaded`;
+//! - every query is bounded by `timeout`, and an error or timeout is never cached as unknown;
+//! - an announcement that arrives while a query is in flight makes its answer doubtful: a
+//!   doubtful "unknown" is not cached, a doubtful "known" is checked again on next use.
+
+use crate::cache::{Cached, KeyCache};
+use crate::config::Rate;
+use crate::key::KeyId;
+use crate::limit::Grant;
+use crate::metrics::{CacheResult, Metrics, StoreResult};
+use crate::store::KeyStore;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OnceCell, Semaphore};
+
+/// What the store (or the cache on its behalf) says about a key.
+#[derive(Clone)]
+pub enum Verdict {
+    Known(Arc<Grant>),
+    Unknown,
+}
+
+/// Why no verdict could be had; both are answered 503, neither is ever cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("key store unavailable")]
+    Unavailable,
+    #[error("too many key store lookups in flight")]
+    Overloaded,
+}
+
+type Flight = Arc<OnceCell<Result<Verdict, LookupError>>>;
+
+/// An invalidation, as announced on `{prefix}invalidate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announcement {
+    Key(KeyId),
+    Everything,
+}
+
+pub struct KeyLookup {
+    pub cache: KeyCache,
+    store: Arc<dyn KeyStore>,
+    timeout: Duration,
+    permits: Semaphore,
+    /// The query in flight for each key id, shared by everyone who asks meanwhile.
+    flights: Mutex<HashMap<KeyId, Flight>>,
+    /// Counts announcements, so a query can tell whether one arrived while it was in flight.
+    announcements: AtomicU64,
+    default_rate: Rate,
+    metrics: Arc<Metrics>,
+}
+
+impl KeyLookup {
+    pub fn new(
+        cache: KeyCache,
+        store: Arc<dyn KeyStore>,
+        timeout: Duration,
+        max_inflight: usize,
+        default_rate: Rate,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        KeyLookup {
+            cache,
+            store,
+            timeout,
+            permits: Semaphore::new(max_inflight),
+            flights: Mutex::new(HashMap::new()),
+            announcements: AtomicU64::new(0),
+            default_rate,
+            metrics,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// The cache's answer, counted. A stale known key is served as known and refreshed in the
+    /// background, so a slow or absent store never delays a key it already vouched for.
+    pub fn cached(self: &Arc<Self>, id: &KeyId) -> Option<Verdict> {
+        match self.cache.get(id) {
+            Cached::Fresh(grant) => {
+                self.metrics.cache_lookup(CacheResult::Hit);
+                Some(Verdict::Known(grant))
+            }
+            Cached::Stale { grant, refresh } => {
+                self.metrics.cache_lookup(CacheResult::StaleHit);
+                if refresh {
+                    self.refresh_in_background(*id);
+                }
+                Some(Verdict::Known(grant))
+            }
+            Cached::Unknown => {
+                self.metrics.cache_lookup(CacheResult::NegativeHit);
+                Some(Verdict::Unknown)
+            }
+            Cached::Miss => {
+                self.metrics.cache_lookup(CacheResult::Miss);
+                None
+            }
+        }
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, id: KeyId) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if this.fetch(id).await.is_err() {
+                this.cache.postpone_refresh(&id);
+            }
+        });
+    }
+
+    /// Asks the store, joining the query already in flight for `id` if there is one.
+    pub async fn fetch(&self, id: KeyId) -> Result<Verdict, LookupError> {
+        let flight = Arc::clone(self.lock_flights().entry(id).or_default());
+        // If the request running the query is dropped, the next waiter runs it: no one is
+        // left waiting on a query that will never finish.
+        let answer = flight.get_or_init(|| self.query_store(id)).await.clone();
+        let mut flights = self.lock_flights();
+        if flights.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(&id);
+        }
+        answer
+    }
+
+    fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, Flight>> {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn query_store(&self, id: KeyId) -> Result<Verdict, LookupError> {
+        let Ok(_permit) = self.permits.try_acquire() else {
+            return Err(LookupError::Overloaded);
+        };
+        let seen = self.announcements.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.timeout, self.store.fetch(&id)).await;
+        let doubtful = self.announcements.load(Ordering::SeqCst) != seen;
+        let result = match &answer {
+            Ok(Ok(Some(_))) => StoreResult::Found,
+            Ok(Ok(None)) => StoreResult::NotFound,
+            Ok(Err(_)) => StoreResult::Error,
+            Err(_) => StoreResult::Timeout,
+        };
+        self.metrics.store_query(result, started.elapsed());
+        match answer {
+            Ok(Ok(Some(record))) => {
+                let previous = self.cache.grant_of(&id);
+                let grant = Arc::new(Grant::new(record, self.default_rate, previous.as_deref()));
+                self.cache.remember_known(id, Arc::clone(&grant), doubtful);
+                Ok(Verdict::Known(grant))
+            }
+            Ok(Ok(None)) => {
+                match doubtful {
+                    true => self.cache.forget(&id),
+                    false => self.cache.remember_unknown(id),
+                }
+                Ok(Verdict::Unknown)
+            }
+            Ok(Err(e)) => {
+                log::debug!("lookup of key id {id} failed: {e}");
+                Err(LookupError::Unavailable)
+            }
+            Err(_) => Err(LookupError::Unavailable),
+        }
+    }
+
+    /// Applies an invalidation announcement.
+    pub fn announce(&self, announcement: Announcement) {
+        self.announcements.fetch_add(1, Ordering::SeqCst);
+        match announcement {
+            Announcement::Key(id) => self.cache.forget(&id),
+            Announcement::Everything => self.cache.forget_all(),
+        }
+    }
+
+    /// The announcement channel was (re)joined after a gap in which messages may have been
+    /// lost: nothing cached as unknown is trusted, every known key is confirmed again.
+    pub fn announcements_resumed(&self) {
+        self.announcements.fetch_add(1, Ordering::SeqCst);
+        self.cache.distrust_all();
+    }
+}
+
+#[cfg(test)]
+mod tests;

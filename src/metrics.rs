@@ -1,0 +1,199 @@
+//! What is counted: the contract's metrics, owned by one struct and registered once.
+//!
+//! Every labelled child the request path touches is resolved at start into an array indexed by
+//! an enum, so counting a request is an atomic add, with no label lookup or allocation. No
+//! label ever holds a key, a key id or a client address.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::time::Duration;
+
+/// How a request ended: the `outcome` label of `keygate_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    MissingKey,
+    MalformedKey,
+    UnknownKey,
+    DisabledKey,
+    RateLimited,
+    StoreUnavailable,
+    Overloaded,
+    UpstreamError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Forwarded,
+        Outcome::MissingKey,
+        Outcome::MalformedKey,
+        Outcome::UnknownKey,
+        Outcome::DisabledKey,
+        Outcome::RateLimited,
+        Outcome::StoreUnavailable,
+        Outcome::Overloaded,
+        Outcome::UpstreamError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::MissingKey => "missing_key",
+            Outcome::MalformedKey => "malformed_key",
+            Outcome::UnknownKey => "unknown_key",
+            Outcome::DisabledKey => "disabled_key",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::Overloaded => "overloaded",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+/// The `result` label of `keygate_cache_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    NegativeHit,
+    StaleHit,
+    Miss,
+}
+
+const CACHE_RESULTS: [&str; 4] = ["hit", "negative_hit", "stale_hit", "miss"];
+
+/// The `result` label of `keygate_store_queries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreResult {
+    Found,
+    NotFound,
+    Error,
+    Timeout,
+}
+
+const STORE_RESULTS: [&str; 4] = ["found", "not_found", "error", "timeout"];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<IntCounter>,
+    request_seconds: Vec<Histogram>,
+    cache_lookups: Vec<IntCounter>,
+    store_queries: Vec<IntCounter>,
+    store_query_seconds: Histogram,
+    /// Set at scrape time from the caches' sizes.
+    pub cache_entries: IntGaugeVec,
+    /// Set at scrape time from the health checks, one child per configured peer.
+    pub upstream_healthy: IntGaugeVec,
+    config_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("keygate_requests_total", "Requests by how they ended."),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("keygate_request_seconds", "Time from request to answer, by outcome.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let cache_lookups = IntCounterVec::new(
+            Opts::new("keygate_cache_lookups_total", "Key cache lookups by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let store_queries = IntCounterVec::new(
+            Opts::new("keygate_store_queries_total", "Key store queries by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let store_query_seconds = Histogram::with_opts(
+            HistogramOpts::new("keygate_store_query_seconds", "Key store query time.")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+        )
+        .expect("valid metric");
+        let cache_entries = IntGaugeVec::new(
+            Opts::new("keygate_cache_entries", "Key cache entries by kind."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new("keygate_upstream_healthy", "1 while the upstream peer passes its health check."),
+            &["peer"],
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("keygate_config_reloads_total", "Config reloads by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_seconds.clone()),
+            Box::new(cache_lookups.clone()),
+            Box::new(store_queries.clone()),
+            Box::new(store_query_seconds.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(upstream_healthy.clone()),
+            Box::new(config_reloads.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        // Touch every label value so each series is exported from the start, at zero.
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        Metrics {
+            requests: Outcome::ALL.iter().map(|o| requests.with_label_values(&[o.as_str()])).collect(),
+            request_seconds: Outcome::ALL
+                .iter()
+                .map(|o| request_seconds.with_label_values(&[o.as_str()]))
+                .collect(),
+            cache_lookups: CACHE_RESULTS.iter().map(|r| cache_lookups.with_label_values(&[r])).collect(),
+            store_queries: STORE_RESULTS.iter().map(|r| store_queries.with_label_values(&[r])).collect(),
+            store_query_seconds,
+            cache_entries,
+            upstream_healthy,
+            config_reloads,
+            registry,
+        }
+    }
+
+    pub fn request(&self, outcome: Outcome, elapsed: Duration) {
+        self.requests[outcome as usize].inc();
+        self.request_seconds[outcome as usize].observe(elapsed.as_secs_f64());
+    }
+
+    pub fn cache_lookup(&self, result: CacheResult) {
+        self.cache_lookups[result as usize].inc();
+    }
+
+    pub fn store_query(&self, result: StoreResult, elapsed: Duration) {
+        self.store_queries[result as usize].inc();
+        self.store_query_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,208 @@
+//! The proxy: Pingora's `ProxyHttp`, wiring the stages of the request path together.
+//!
+//! ```text
+//!  request ──► request_filter ─────────────────────────────────────────► upstream_peer
+//!              │ extract   key from the configured sources (extract.rs)      pick a healthy
+//!              │ identify  its id, sha256                   (key.rs)         peer not yet tried
+//!              │ look up   cache, else store, single-flight (lookup.rs)      (upstream.rs)
+//!              │ limit     per key, or per IP without one   (limit.rs)          │
+//!              └─ any "no" ─► answer.rs: status + JSON body, Ok(true)       upstream_request_filter
+//!                                                                            X-Keygate-* replaced,
+//!  logging ◄── every request: outcome and time counted (metrics.rs)          X-Forwarded-For added
+//! ```
+//!
+//! `request_filter` returning `Ok(true)` means the gateway answered and nothing is forwarded.
+
+use crate::answer::{self, Rejection};
+use crate::client_ip::limit_key;
+use crate::extract::{Extracted, KeySource};
+use crate::gateway::Gateway;
+use crate::limit::Grant;
+use crate::lookup::{LookupError, Verdict};
+use crate::metrics::Outcome;
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::{Error, ErrorSource, ErrorType};
+use pingora_http::RequestHeader;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct KeyGateProxy {
+    gateway: Arc<Gateway>,
+}
+
+impl KeyGateProxy {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        KeyGateProxy { gateway }
+    }
+}
+
+/// What one request has learnt on its way through the phases.
+pub struct RequestCtx {
+    started: Instant,
+    /// Set when the gateway answered the request itself.
+    rejected: Option<Rejection>,
+    /// The key's grant, once the request is allowed through.
+    grant: Option<Arc<Grant>>,
+    /// Peers this request failed to connect to, so a retry goes elsewhere.
+    tried: Vec<SocketAddr>,
+}
+
+impl KeyGateProxy {
+    /// Decides a request: the grant to forward it under, or why not.
+    async fn decide(&self, session: &Session) -> Result<Arc<Grant>, Rejection> {
+        let request = session.req_header();
+        let id = match self.gateway.config.api_key.extract(&request.headers, request.uri.query()) {
+            Extracted::Key(key) => key.id(),
+            Extracted::Missing => return Err(self.charge_client(session).err().unwrap_or(Rejection::MissingKey)),
+            Extracted::Malformed => return Err(self.charge_client(session).err().unwrap_or(Rejection::MalformedKey)),
+        };
+        let lookup = &self.gateway.lookup;
+        let verdict = match lookup.cached(&id) {
+            Some(verdict) => verdict,
+            None => {
+                // Charged before the store is asked: junk costs its sender, not Redis.
+                self.charge_client(session)?;
+                lookup.fetch(id).await.map_err(|e| match e {
+                    LookupError::Unavailable => Rejection::StoreUnavailable,
+                    LookupError::Overloaded => Rejection::Overloaded,
+                })?
+            }
+        };
+        match verdict {
+            Verdict::Known(grant) if !grant.record.is_enabled() => Err(Rejection::DisabledKey),
+            Verdict::Known(grant) => {
+                grant.limiter.check().map_err(Rejection::RateLimited)?;
+                Ok(grant)
+            }
+            Verdict::Unknown => Err(self.charge_client(session).err().unwrap_or(Rejection::UnknownKey)),
+        }
+    }
+
+    /// Charges a request without a usable key to its client's address.
+    fn charge_client(&self, session: &Session) -> Result<(), Rejection> {
+        let client = self.gateway.client_address.resolve(peer_ip(session), &session.req_header().headers);
+        self.gateway.ip_limiter.check(limit_key(client)).map_err(Rejection::RateLimited)
+    }
+}
+
+/// The connecting peer's address; a unix-socket peer (a local nginx) counts as loopback.
+fn peer_ip(session: &Session) -> IpAddr {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
+}
+
+#[async_trait]
+impl ProxyHttp for KeyGateProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx { started: Instant::now(), rejected: None, grant: None, tried: Vec::new() }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.decide(session).await {
+            Ok(grant) => {
+                ctx.grant = Some(grant);
+                Ok(false)
+            }
+            Err(rejection) => {
+                ctx.rejected = Some(rejection);
+                answer::reject(session, rejection).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let peer = self.gateway.upstreams.pick(&ctx.tried).ok_or_else(|| {
+            Error::create(ErrorType::HTTPStatus(502), ErrorSource::Upstream, Some("no healthy upstream".into()), None)
+        })?;
+        if let Some(addr) = peer._address.as_inet() {
+            ctx.tried.push(*addr);
+        }
+        Ok(peer)
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        // Nothing was sent on a failed connect, so any request may go to the next peer.
+        if ctx.tried.len() < self.gateway.upstreams.peers.len() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let doomed: Vec<_> = upstream
+            .headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-keygate-"))
+            .cloned()
+            .collect();
+        for name in doomed {
+            upstream.remove_header(&name);
+        }
+        if let Some(grant) = &ctx.grant {
+            upstream.insert_header("X-Keygate-App", &*grant.record.app)?;
+        }
+        let peer = peer_ip(session).to_string();
+        let forwarded = match upstream.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
+            earlier if earlier.is_empty() => peer,
+            earlier => format!("{}, {peer}", earlier.join(", ")),
+        };
+        upstream.insert_header("X-Forwarded-For", forwarded)?;
+        if !self.gateway.config.api_key.forward {
+            strip_key(upstream, &self.gateway.config.api_key.sources);
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let outcome = match (ctx.rejected, error) {
+            (Some(rejection), _) => rejection.outcome(),
+            (None, Some(e)) if *e.esource() == ErrorSource::Upstream || ctx.grant.is_some() => Outcome::UpstreamError,
+            _ => Outcome::Forwarded,
+        };
+        self.gateway.metrics.request(outcome, ctx.started.elapsed());
+    }
+
+    /// Pingora's default summary holds the query string, where a key may be: never log it.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let request = session.req_header();
+        format!("{} {}", request.method, request.uri.path())
+    }
+}
+
+/// Removes the key from what the upstream receives (`api_key.forward: false`).
+fn strip_key(upstream: &mut RequestHeader, sources: &[KeySource]) {
+    for source in sources {
+        match source {
+            KeySource::Header(name) => {
+                upstream.remove_header(name);
+            }
+            KeySource::Query(param) => {
+                let Some(query) = upstream.uri.query() else { continue };
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| pair.split('=').next() != Some(param.as_str()))
+                    .collect();
+                let path = upstream.uri.path().to_string();
+                let uri = match kept.is_empty() {
+                    true => path,
+                    false => format!("{path}?{}", kept.join("&")),
+                };
+                if let Ok(uri) = uri.parse() {
+                    upstream.set_uri(uri);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Runs the gateway: one Pingora server with the proxy, the admin endpoint and the upstream
+//! health checks, built from a validated [`Config`].
+
+use crate::admin::Admin;
+use crate::config::{Config, Listener};
+use crate::gateway::Gateway;
+use crate::proxy::KeyGateProxy;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::server::RunArgs;
+use pingora::services::listening::Service;
+
+/// Runs until SIGTERM (graceful: in-flight requests finish within the grace period), SIGINT
+/// (at once) or SIGQUIT (graceful upgrade). With `upgrade`, takes the listening sockets over
+/// from the running instance.
+pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
+    let mut conf = ServerConf { threads: config.threads, ..ServerConf::default() };
+    conf.grace_period_seconds = Some(config.grace_period.as_secs());
+    conf.graceful_shutdown_timeout_seconds = Some(config.grace_period.as_secs().max(1));
+    if let Some(pid) = &config.pid_file {
+        conf.pid_file = pid.display().to_string();
+    }
+    if let Some(sock) = &config.upgrade_sock {
+        conf.upgrade_sock = sock.display().to_string();
+    }
+    let opt = Opt { upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let listen = config.listen.clone();
+    let admin_listen = config.admin_listen.clone();
+    let (gateway, health_checks) = Gateway::start(config)?;
+
+    let mut proxy = http_proxy_service(&server.configuration, KeyGateProxy::new(gateway.clone()));
+    for listener in &listen {
+        add_listener(&mut proxy, listener);
+    }
+    server.add_service(proxy);
+    server.add_service(health_checks);
+    if let Some(addr) = admin_listen {
+        let mut admin = Service::new("keygate admin".to_string(), Admin::new(gateway));
+        admin.add_tcp(&addr);
+        server.add_service(admin);
+    }
+    log::info!("keygate listening on {listen:?}");
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+fn add_listener<A>(service: &mut Service<A>, listener: &Listener) {
+    match listener {
+        Listener::Tcp(addr) => service.add_tcp(addr),
+        Listener::Unix(path) => service.add_uds(&path.display().to_string(), None),
+    }
+}

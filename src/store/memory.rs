@@ -1,0 +1,65 @@
+//! An in-memory store for unit tests and benchmarks: records in a map, with a switch that makes
+//! it fail and a count of the lookups it served.
+
+use super::{KeyRecord, KeyStore, StoreError};
+use crate::key::KeyId;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    records: Mutex<HashMap<KeyId, KeyRecord>>,
+    failing: AtomicBool,
+    /// How long each lookup takes (to hold requests in flight in tests).
+    delay: Mutex<Duration>,
+    /// Lookups served, failed ones included.
+    pub fetches: AtomicUsize,
+}
+
+impl MemoryStore {
+    pub fn insert(&self, id: KeyId, record: KeyRecord) {
+        self.records.lock().unwrap().insert(id, record);
+    }
+
+    pub fn remove(&self, id: &KeyId) {
+        self.records.lock().unwrap().remove(id);
+    }
+
+    /// While set, every lookup fails as if the store were unreachable.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    pub fn fetch_count(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unreachable("memory store set to fail".into()));
+        }
+        Ok(self.records.lock().unwrap().get(id).cloned())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self.failing.load(Ordering::SeqCst) {
+            true => Err(StoreError::Unreachable("memory store set to fail".into())),
+            false => Ok(()),
+        }
+    }
+}

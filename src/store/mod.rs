@@ -1,0 +1,34 @@
+//! Stage 2b of the request path: what the store says about a key id.
+//!
+//! The store is a trait so the gateway runs on Redis in production, on a YAML file for a single
+//! node or a demo, and on an in-memory map in unit tests and benchmarks. "Not found" and
+//! "unavailable" are different answers on purpose: the first is cached as unknown, the second
+//! never is.
+
+pub mod file;
+pub mod memory;
+pub mod record;
+pub mod redis;
+
+use crate::key::KeyId;
+use async_trait::async_trait;
+pub use record::{KeyRecord, RecordError};
+
+/// Why the store could not answer. Never a reason to call a key unknown.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("store unreachable: {0}")]
+    Unreachable(String),
+    #[error("store lookup timed out")]
+    Timeout,
+}
+
+/// Where key records live.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// The record for `id`: `Ok(None)` when the store is sure there is none.
+    async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Whether the store answers at all (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}

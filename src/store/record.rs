@@ -1,0 +1,140 @@
+//! A key's record, as the contract's data model defines it (a Redis hash, or a file entry).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The longest `app` the contract allows.
+pub const MAX_APP_LEN: usize = 128;
+
+/// What the store knows about one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRecord {
+    /// The tenant the key belongs to; sent upstream as `X-Keygate-App`.
+    pub app: Arc<str>,
+    /// `active`, or anything else (e.g. `revoked`) which disables the key.
+    pub status: Arc<str>,
+    /// Requests per second for this key, overriding the config's default.
+    pub rate: Option<f64>,
+    /// Burst for this key, overriding the config's default.
+    pub burst: Option<u32>,
+    /// Unix seconds from which the key is disabled.
+    pub expires: Option<u64>,
+}
+
+/// A record that breaks the data model.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("field `app` is missing")]
+    MissingApp,
+    #[error("field `app` is empty or longer than 128 bytes")]
+    BadApp,
+    #[error("field `{0}` is not a valid number")]
+    BadNumber(&'static str),
+}
+
+impl KeyRecord {
+    /// An active record for `app` with the config's limits.
+    pub fn active(app: &str) -> Self {
+        KeyRecord { app: app.into(), status: "active".into(), rate: None, burst: None, expires: None }
+    }
+
+    /// Builds a record from a Redis hash's fields.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Result<Self, RecordError> {
+        let app = fields.get("app").ok_or(RecordError::MissingApp)?;
+        let field = |name: &str| fields.get(name).map(|v| v.trim());
+        let rate = field("rate")
+            .map(|v| v.parse::<f64>().map_err(|_| RecordError::BadNumber("rate")))
+            .transpose()?;
+        let burst = field("burst")
+            .map(|v| v.parse::<u32>().map_err(|_| RecordError::BadNumber("burst")))
+            .transpose()?;
+        let expires = field("expires")
+            .map(|v| v.parse::<u64>().map_err(|_| RecordError::BadNumber("expires")))
+            .transpose()?;
+        let status = fields.get("status").map_or("active", |s| s.as_str());
+        KeyRecord { app: app.as_str().into(), status: status.into(), rate, burst, expires }.checked()
+    }
+
+    /// Checks what serde cannot: the app's length and the numbers' ranges.
+    pub fn checked(self) -> Result<Self, RecordError> {
+        if self.app.is_empty() || self.app.len() > MAX_APP_LEN {
+            return Err(RecordError::BadApp);
+        }
+        if self.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return Err(RecordError::BadNumber("rate"));
+        }
+        if self.burst == Some(0) {
+            return Err(RecordError::BadNumber("burst"));
+        }
+        Ok(self)
+    }
+
+    /// Stands in for a record that breaks the data model: the key exists but is not usable.
+    pub fn invalid() -> Self {
+        KeyRecord { status: "invalid-record".into(), ..KeyRecord::active("-") }
+    }
+
+    /// The fields to write for this record (the CLI's `keys add`).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![("app", self.app.to_string()), ("status", self.status.to_string())];
+        fields.extend(self.rate.map(|r| ("rate", r.to_string())));
+        fields.extend(self.burst.map(|b| ("burst", b.to_string())));
+        fields.extend(self.expires.map(|e| ("expires", e.to_string())));
+        fields
+    }
+
+    /// Whether the key may be used at `now` (unix seconds): active and not expired.
+    pub fn is_enabled_at(&self, now: u64) -> bool {
+        &*self.status == "active" && self.expires.is_none_or(|at| now < at)
+    }
+
+    /// [`Self::is_enabled_at`] for the current wall-clock time.
+    pub fn is_enabled(&self) -> bool {
+        self.is_enabled_at(unix_now())
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn parses_the_contracts_fields() {
+        let r = KeyRecord::from_fields(&fields(&[
+            ("app", "acme"),
+            ("rate", "2.5"),
+            ("burst", "7"),
+            ("expires", "100"),
+        ]))
+        .unwrap();
+        assert_eq!((&*r.app, &*r.status, r.rate, r.burst, r.expires), ("acme", "active", Some(2.5), Some(7), Some(100)));
+        assert!(r.is_enabled_at(99));
+        assert!(!r.is_enabled_at(100));
+    }
+
+    #[test]
+    fn any_status_but_active_disables() {
+        let r = KeyRecord::from_fields(&fields(&[("app", "a"), ("status", "revoked")])).unwrap();
+        assert!(!r.is_enabled_at(0));
+    }
+
+    #[test]
+    fn broken_records_are_errors() {
+        assert_eq!(KeyRecord::from_fields(&fields(&[("rate", "1")])), Err(RecordError::MissingApp));
+        assert_eq!(KeyRecord::from_fields(&fields(&[("app", "")])), Err(RecordError::BadApp));
+        let long = "x".repeat(129);
+        assert_eq!(KeyRecord::from_fields(&fields(&[("app", &long)])), Err(RecordError::BadApp));
+        for (field, bad) in [("rate", "fast"), ("rate", "0"), ("burst", "-1"), ("expires", "soon")] {
+            assert!(KeyRecord::from_fields(&fields(&[("app", "a"), (field, bad)])).is_err(), "{field}={bad}");
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The Redis store: one hash per key id at `{prefix}key:{id}` (the contract's data model).
+//!
+//! Lookups go over one multiplexed connection that reconnects by itself (redis-rs's
+//! `ConnectionManager`, created lazily so the gateway starts even while Redis is down). The
+//! caller bounds each lookup with `timeout_ms`; the connection's own timeouts only make sure a
+//! dead socket is noticed and replaced.
+
+use super::{KeyRecord, KeyStore, StoreError};
+use crate::key::KeyId;
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisStore {
+    /// Opens the store lazily; must be called inside the tokio runtime that will drive the
+    /// connection.
+    pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unreachable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(timeout.max(Duration::from_secs(1))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(unreachable)?;
+        Ok(RedisStore { connection, prefix: prefix.to_string() })
+    }
+
+    pub fn record_key(prefix: &str, id: &KeyId) -> String {
+        format!("{prefix}key:{id}")
+    }
+}
+
+fn unreachable(e: redis::RedisError) -> StoreError {
+    StoreError::Unreachable(e.to_string())
+}
+
+#[async_trait]
+impl KeyStore for RedisStore {
+    async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let mut connection = self.connection.clone();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(Self::record_key(&self.prefix, id))
+            .query_async(&mut connection)
+            .await
+            .map_err(unreachable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(KeyRecord::from_fields(&fields).unwrap_or_else(|e| {
+            log::warn!("record of key id {id} breaks the data model ({e}): the key is disabled");
+            KeyRecord::invalid()
+        })))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(unreachable)
+    }
+}
