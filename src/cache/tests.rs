@@ -1,0 +1,110 @@
+use super::*;
+use crate::config::{CacheConfig, Rate};
+use crate::key::ApiKey;
+use crate::store::KeyRecord;
+
+fn cache(capacity: usize, negative_capacity: usize) -> KeyCache {
+    KeyCache::new(&CacheConfig {
+        capacity,
+        negative_capacity,
+        ttl: Duration::from_secs(300),
+        negative_ttl: Duration::from_secs(60),
+        stale: Duration::from_secs(3600),
+    })
+}
+
+fn id(n: usize) -> KeyId {
+    ApiKey::from_cli(&format!("key-{n}")).id()
+}
+
+fn grant() -> Arc<Grant> {
+    Arc::new(Grant::new(KeyRecord::active("app"), Rate { per_second: 1.0, burst: 1 }, None))
+}
+
+fn kind(c: &Cached) -> &'static str {
+    match c {
+        Cached::Fresh(_) => "fresh",
+        Cached::Stale { refresh: true, .. } => "stale-refresh",
+        Cached::Stale { refresh: false, .. } => "stale",
+        Cached::Unknown => "unknown",
+        Cached::Miss => "miss",
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_known_key_is_fresh_then_stale_then_gone() {
+    let c = cache(10, 10);
+    c.remember_known(id(1), grant(), false);
+    assert_eq!(kind(&c.get(&id(1))), "fresh");
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
+    c.postpone_refresh(&id(1));
+    assert_eq!(kind(&c.get(&id(1))), "stale");
+    tokio::time::advance(REFRESH_RETRY).await;
+    assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(kind(&c.get(&id(1))), "miss");
+    assert!(c.grant_of(&id(1)).is_some(), "the limiter outlives the entry's usefulness");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_key_expires_after_its_own_ttl() {
+    let c = cache(10, 10);
+    c.remember_unknown(id(1));
+    assert_eq!(kind(&c.get(&id(1))), "unknown");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(kind(&c.get(&id(1))), "miss");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_unknown_keys_never_evicts_a_known_one() {
+    let c = cache(100, 100);
+    for n in 0..50 {
+        c.remember_known(id(n), grant(), false);
+    }
+    for n in 1000..21_000 {
+        c.remember_unknown(id(n));
+    }
+    assert!(c.unknown_len() <= 100);
+    for n in 0..50 {
+        assert_eq!(kind(&c.get(&id(n))), "fresh", "known key {n} was evicted");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn announcements_forget_and_a_resubscribe_distrusts() {
+    let c = cache(10, 10);
+    c.remember_known(id(1), grant(), false);
+    c.remember_unknown(id(2));
+    c.forget(&id(1));
+    c.forget(&id(2));
+    assert_eq!((kind(&c.get(&id(1))), kind(&c.get(&id(2)))), ("miss", "miss"));
+
+    c.remember_known(id(1), grant(), false);
+    c.remember_unknown(id(2));
+    c.distrust_all();
+    assert_eq!(kind(&c.get(&id(1))), "stale-refresh", "known keys are still served, but confirmed");
+    assert_eq!(kind(&c.get(&id(2))), "miss", "nothing unverified is trusted as unknown");
+    c.remember_known(id(1), grant(), false);
+    assert_eq!(kind(&c.get(&id(1))), "fresh");
+
+    c.forget_all();
+    assert_eq!((c.known_len(), c.unknown_len()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_doubtful_answer_is_checked_again_at_once() {
+    let c = cache(10, 10);
+    c.remember_known(id(1), grant(), true);
+    assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn learning_a_key_replaces_its_other_entry() {
+    let c = cache(10, 10);
+    c.remember_unknown(id(1));
+    c.remember_known(id(1), grant(), false);
+    assert_eq!((kind(&c.get(&id(1))), c.unknown_len()), ("fresh", 0));
+    c.remember_unknown(id(1));
+    assert_eq!((kind(&c.get(&id(1))), c.known_len()), ("unknown", 0));
+}

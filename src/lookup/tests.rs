@@ -1,0 +1,129 @@
+use super::*;
+use crate::config::CacheConfig;
+use crate::key::ApiKey;
+use crate::store::memory::MemoryStore;
+use crate::store::KeyRecord;
+
+const TIMEOUT: Duration = Duration::from_millis(50);
+
+fn lookup(store: Arc<MemoryStore>, max_inflight: usize) -> Arc<KeyLookup> {
+    let cache = KeyCache::new(&CacheConfig {
+        capacity: 100,
+        negative_capacity: 100,
+        ttl: Duration::from_secs(300),
+        negative_ttl: Duration::from_secs(60),
+        stale: Duration::from_secs(3600),
+    });
+    let rate = Rate { per_second: 100.0, burst: 100 };
+    Arc::new(KeyLookup::new(cache, store, TIMEOUT, max_inflight, rate, Arc::new(Metrics::new())))
+}
+
+fn id(name: &str) -> KeyId {
+    ApiKey::from_cli(name).id()
+}
+
+fn is_known(v: &Result<Verdict, LookupError>) -> bool {
+    matches!(v, Ok(Verdict::Known(_)))
+}
+
+fn is_unknown(v: &Result<Verdict, LookupError>) -> bool {
+    matches!(v, Ok(Verdict::Unknown))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_key_is_asked_for_once_per_negative_ttl() {
+    let store = Arc::new(MemoryStore::default());
+    let l = lookup(store.clone(), 8);
+    assert!(l.cached(&id("nope")).is_none());
+    assert!(is_unknown(&l.fetch(id("nope")).await));
+    for _ in 0..300 {
+        assert!(matches!(l.cached(&id("nope")), Some(Verdict::Unknown)));
+    }
+    assert_eq!(store.fetch_count(), 1);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(l.cached(&id("nope")).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_first_requests_share_one_query() {
+    let store = Arc::new(MemoryStore::default());
+    store.insert(id("k"), KeyRecord::active("a"));
+    store.set_delay(Duration::from_millis(10));
+    let l = lookup(store.clone(), 8);
+    let asks: Vec<_> = (0..64).map(|_| tokio::spawn({
+        let l = l.clone();
+        async move { l.fetch(id("k")).await }
+    })).collect();
+    for ask in asks {
+        assert!(is_known(&ask.await.unwrap()));
+    }
+    assert_eq!(store.fetch_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_error_or_timeout_is_never_cached_as_unknown() {
+    let store = Arc::new(MemoryStore::default());
+    store.set_failing(true);
+    let l = lookup(store.clone(), 8);
+    assert_eq!(l.fetch(id("k")).await.err(), Some(LookupError::Unavailable));
+    assert!(l.cached(&id("k")).is_none());
+
+    store.set_failing(false);
+    store.set_delay(TIMEOUT * 2);
+    assert_eq!(l.fetch(id("k")).await.err(), Some(LookupError::Unavailable));
+    assert!(l.cached(&id("k")).is_none());
+    assert_eq!(l.cache.unknown_len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lookups_beyond_the_bound_are_shed() {
+    let store = Arc::new(MemoryStore::default());
+    store.set_delay(Duration::from_millis(40));
+    let l = lookup(store.clone(), 2);
+    let asks: Vec<_> = (0..6).map(|n| tokio::spawn({
+        let l = l.clone();
+        async move { l.fetch(id(&format!("k{n}"))).await }
+    })).collect();
+    let mut shed = 0;
+    for ask in asks {
+        if ask.await.unwrap().err() == Some(LookupError::Overloaded) {
+            shed += 1;
+        }
+    }
+    assert_eq!((shed, store.fetch_count()), (4, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_known_key_is_served_stale_while_the_store_is_down() {
+    let store = Arc::new(MemoryStore::default());
+    store.insert(id("k"), KeyRecord::active("a"));
+    let l = lookup(store.clone(), 8);
+    assert!(is_known(&l.fetch(id("k")).await));
+    store.set_failing(true);
+    tokio::time::advance(Duration::from_secs(301)).await;
+    for _ in 0..20 {
+        assert!(matches!(l.cached(&id("k")), Some(Verdict::Known(_))));
+        tokio::task::yield_now().await;
+    }
+    // One background refresh, then it waits a second before the next.
+    assert_eq!(store.fetch_count(), 2);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert!(l.cached(&id("k")).is_none(), "past stale_s the key is no longer vouched for");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_announcement_during_a_query_keeps_its_answer_out_of_the_negative_cache() {
+    let store = Arc::new(MemoryStore::default());
+    store.set_delay(Duration::from_millis(20));
+    let l = lookup(store.clone(), 8);
+    let ask = tokio::spawn({
+        let l = l.clone();
+        async move { l.fetch(id("new")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.insert(id("new"), KeyRecord::active("a"));
+    l.announce(Announcement::Key(id("new")));
+    assert!(is_unknown(&ask.await.unwrap()), "the query began before the key existed");
+    assert!(l.cached(&id("new")).is_none(), "but its answer is not remembered");
+    assert!(is_known(&l.fetch(id("new")).await));
+}

@@ -46,14 +46,17 @@ impl MemoryStore {
 impl KeyStore for MemoryStore {
     async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
+        // The answer is taken when the query arrives and delivered after the delay, like a reply
+        // still on the wire.
+        let answer = match self.failing.load(Ordering::SeqCst) {
+            true => Err(StoreError::Unreachable("memory store set to fail".into())),
+            false => Ok(self.records.lock().unwrap().get(id).cloned()),
+        };
         let delay = *self.delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unreachable("memory store set to fail".into()));
-        }
-        Ok(self.records.lock().unwrap().get(id).cloned())
+        answer
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
