@@ -10,8 +10,8 @@ use crate::lookup::KeyLookup;
 use crate::metrics::Metrics;
 use crate::store::{file::FileStore, redis::RedisStore, KeyStore};
 use crate::upstream::Upstreams;
-use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
 use pingora::services::background::GenBackgroundService;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -38,7 +38,9 @@ pub struct Gateway {
 impl Gateway {
     /// Builds every stage and starts the background tasks. Returns the gateway and the upstream
     /// health-check service, which Pingora must run.
-    pub fn start(config: Config) -> anyhow::Result<(Arc<Gateway>, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
+    pub fn start(
+        config: Config,
+    ) -> anyhow::Result<(Arc<Gateway>, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
         let tasks = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("keygate-tasks")
@@ -69,7 +71,12 @@ impl Gateway {
         if let StoreBackend::Redis { url, prefix } = &config.store.backend {
             let client = redis::Client::open(url.as_str())?;
             let channel = format!("{prefix}invalidate");
-            tasks.spawn(invalidate::listen(client, channel, Arc::clone(&lookup), Arc::clone(&subscribed)));
+            tasks.spawn(invalidate::listen(
+                client,
+                channel,
+                Arc::clone(&lookup),
+                Arc::clone(&subscribed),
+            ));
         }
         let ip_limiter = Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip));
         let idle = Arc::clone(&ip_limiter);

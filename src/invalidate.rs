@@ -28,7 +28,12 @@ pub fn parse(payload: &str) -> Option<Announcement> {
 }
 
 /// Runs the subscription for ever, reconnecting as needed. `subscribed` is true while it is up.
-pub async fn listen(client: redis::Client, channel: String, lookup: Arc<KeyLookup>, subscribed: Arc<AtomicBool>) {
+pub async fn listen(
+    client: redis::Client,
+    channel: String,
+    lookup: Arc<KeyLookup>,
+    subscribed: Arc<AtomicBool>,
+) {
     let mut logged_down = false;
     loop {
         match subscribe(&client, &channel).await {
@@ -51,7 +56,10 @@ pub async fn listen(client: redis::Client, channel: String, lookup: Arc<KeyLooku
     }
 }
 
-async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
@@ -59,7 +67,12 @@ async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<
     };
     tokio::time::timeout(PING_TIMEOUT, connect)
         .await
-        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "subscribe timed out"))))
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "subscribe timed out",
+            )))
+        })
 }
 
 /// Applies announcements until the subscription fails; returns why it ended.

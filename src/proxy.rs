@@ -53,21 +53,37 @@ impl KeyGateProxy {
     /// Decides a request: the grant to forward it under, or why not.
     async fn decide(&self, session: &Session) -> Result<Arc<Grant>, Rejection> {
         let request = session.req_header();
-        let id = match self.gateway.config.api_key.extract(&request.headers, request.uri.query()) {
+        let id = match self
+            .gateway
+            .config
+            .api_key
+            .extract(&request.headers, request.uri.query())
+        {
             Extracted::Key(key) => key.id(),
-            Extracted::Missing => return Err(self.charge_client(session).err().unwrap_or(Rejection::MissingKey)),
-            Extracted::Malformed => return Err(self.charge_client(session).err().unwrap_or(Rejection::MalformedKey)),
+            Extracted::Missing => {
+                return Err(self
+                    .charge_client(session)
+                    .err()
+                    .unwrap_or(Rejection::MissingKey))
+            }
+            Extracted::Malformed => {
+                return Err(self
+                    .charge_client(session)
+                    .err()
+                    .unwrap_or(Rejection::MalformedKey))
+            }
         };
         let lookup = &self.gateway.lookup;
-        let verdict = match lookup.cached(&id) {
-            Some(verdict) => verdict,
+        let (verdict, charged) = match lookup.cached(&id) {
+            Some(verdict) => (verdict, false),
             None => {
                 // Charged before the store is asked: junk costs its sender, not Redis.
                 self.charge_client(session)?;
-                lookup.fetch(id).await.map_err(|e| match e {
+                let verdict = lookup.fetch(id).await.map_err(|e| match e {
                     LookupError::Unavailable => Rejection::StoreUnavailable,
                     LookupError::Overloaded => Rejection::Overloaded,
-                })?
+                })?;
+                (verdict, true)
             }
         };
         match verdict {
@@ -76,14 +92,24 @@ impl KeyGateProxy {
                 grant.limiter.check().map_err(Rejection::RateLimited)?;
                 Ok(grant)
             }
-            Verdict::Unknown => Err(self.charge_client(session).err().unwrap_or(Rejection::UnknownKey)),
+            Verdict::Unknown if charged => Err(Rejection::UnknownKey),
+            Verdict::Unknown => Err(self
+                .charge_client(session)
+                .err()
+                .unwrap_or(Rejection::UnknownKey)),
         }
     }
 
     /// Charges a request without a usable key to its client's address.
     fn charge_client(&self, session: &Session) -> Result<(), Rejection> {
-        let client = self.gateway.client_address.resolve(peer_ip(session), &session.req_header().headers);
-        self.gateway.ip_limiter.check(limit_key(client)).map_err(Rejection::RateLimited)
+        let client = self
+            .gateway
+            .client_address
+            .resolve(peer_ip(session), &session.req_header().headers);
+        self.gateway
+            .ip_limiter
+            .check(limit_key(client))
+            .map_err(Rejection::RateLimited)
     }
 }
 
@@ -100,7 +126,12 @@ impl ProxyHttp for KeyGateProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { started: Instant::now(), rejected: None, grant: None, tried: Vec::new() }
+        RequestCtx {
+            started: Instant::now(),
+            rejected: None,
+            grant: None,
+            tried: Vec::new(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -117,9 +148,18 @@ impl ProxyHttp for KeyGateProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let peer = self.gateway.upstreams.pick(&ctx.tried).ok_or_else(|| {
-            Error::create(ErrorType::HTTPStatus(502), ErrorSource::Upstream, Some("no healthy upstream".into()), None)
+            Error::create(
+                ErrorType::HTTPStatus(502),
+                ErrorSource::Upstream,
+                Some("no healthy upstream".into()),
+                None,
+            )
         })?;
         if let Some(addr) = peer._address.as_inet() {
             ctx.tried.push(*addr);
@@ -127,7 +167,13 @@ impl ProxyHttp for KeyGateProxy {
         Ok(peer)
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // Nothing was sent on a failed connect, so any request may go to the next peer.
         if ctx.tried.len() < self.gateway.upstreams.peers.len() {
             e.set_retry(true);
@@ -154,7 +200,13 @@ impl ProxyHttp for KeyGateProxy {
             upstream.insert_header("X-Keygate-App", &*grant.record.app)?;
         }
         let peer = peer_ip(session).to_string();
-        let forwarded = match upstream.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
+        let forwarded = match upstream
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+        {
             earlier if earlier.is_empty() => peer,
             earlier => format!("{}, {peer}", earlier.join(", ")),
         };
@@ -168,7 +220,9 @@ impl ProxyHttp for KeyGateProxy {
     async fn logging(&self, _session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         let outcome = match (ctx.rejected, error) {
             (Some(rejection), _) => rejection.outcome(),
-            (None, Some(e)) if *e.esource() == ErrorSource::Upstream || ctx.grant.is_some() => Outcome::UpstreamError,
+            (None, Some(e)) if *e.esource() == ErrorSource::Upstream || ctx.grant.is_some() => {
+                Outcome::UpstreamError
+            }
             _ => Outcome::Forwarded,
         };
         self.gateway.metrics.request(outcome, ctx.started.elapsed());
@@ -189,7 +243,9 @@ fn strip_key(upstream: &mut RequestHeader, sources: &[KeySource]) {
                 upstream.remove_header(name);
             }
             KeySource::Query(param) => {
-                let Some(query) = upstream.uri.query() else { continue };
+                let Some(query) = upstream.uri.query() else {
+                    continue;
+                };
                 let kept: Vec<&str> = query
                     .split('&')
                     .filter(|pair| pair.split('=').next() != Some(param.as_str()))

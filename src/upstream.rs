@@ -24,7 +24,9 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Builds the balancer and the background service that runs its health checks.
-    pub fn new(config: &UpstreamConfig) -> (Upstreams, GenBackgroundService<LoadBalancer<RoundRobin>>) {
+    pub fn new(
+        config: &UpstreamConfig,
+    ) -> (Upstreams, GenBackgroundService<LoadBalancer<RoundRobin>>) {
         let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(config.peers.iter().copied())
             .expect("peers are resolved addresses");
         let interval = match &config.health_check {
@@ -67,7 +69,9 @@ impl Upstreams {
     pub fn health(&self) -> Vec<(SocketAddr, bool)> {
         let backends = self.balancer.backends();
         let all = backends.get_backend();
-        all.iter().map(|b| (socket_addr(b), backends.ready(b))).collect()
+        all.iter()
+            .map(|b| (socket_addr(b), backends.ready(b)))
+            .collect()
     }
 
     pub fn any_healthy(&self) -> bool {
@@ -76,5 +80,9 @@ impl Upstreams {
 }
 
 fn socket_addr(backend: &Backend) -> SocketAddr {
-    backend.addr.as_inet().copied().unwrap_or_else(|| ([0, 0, 0, 0], 0).into())
+    backend
+        .addr
+        .as_inet()
+        .copied()
+        .unwrap_or_else(|| ([0, 0, 0, 0], 0).into())
 }

@@ -153,8 +153,14 @@ pub mod defaults {
     }
     pub fn sources() -> Vec<SourceFile> {
         vec![
-            SourceFile { header: Some("X-ApiKey".into()), query: None },
-            SourceFile { header: None, query: Some("apikey".into()) },
+            SourceFile {
+                header: Some("X-ApiKey".into()),
+                query: None,
+            },
+            SourceFile {
+                header: None,
+                query: Some("apikey".into()),
+            },
         ]
     }
     pub fn max_length() -> usize {

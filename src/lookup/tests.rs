@@ -14,8 +14,18 @@ fn lookup(store: Arc<MemoryStore>, max_inflight: usize) -> Arc<KeyLookup> {
         negative_ttl: Duration::from_secs(60),
         stale: Duration::from_secs(3600),
     });
-    let rate = Rate { per_second: 100.0, burst: 100 };
-    Arc::new(KeyLookup::new(cache, store, TIMEOUT, max_inflight, rate, Arc::new(Metrics::new())))
+    let rate = Rate {
+        per_second: 100.0,
+        burst: 100,
+    };
+    Arc::new(KeyLookup::new(
+        cache,
+        store,
+        TIMEOUT,
+        max_inflight,
+        rate,
+        Arc::new(Metrics::new()),
+    ))
 }
 
 fn id(name: &str) -> KeyId {
@@ -50,10 +60,14 @@ async fn concurrent_first_requests_share_one_query() {
     store.insert(id("k"), KeyRecord::active("a"));
     store.set_delay(Duration::from_millis(10));
     let l = lookup(store.clone(), 8);
-    let asks: Vec<_> = (0..64).map(|_| tokio::spawn({
-        let l = l.clone();
-        async move { l.fetch(id("k")).await }
-    })).collect();
+    let asks: Vec<_> = (0..64)
+        .map(|_| {
+            tokio::spawn({
+                let l = l.clone();
+                async move { l.fetch(id("k")).await }
+            })
+        })
+        .collect();
     for ask in asks {
         assert!(is_known(&ask.await.unwrap()));
     }
@@ -80,10 +94,14 @@ async fn lookups_beyond_the_bound_are_shed() {
     let store = Arc::new(MemoryStore::default());
     store.set_delay(Duration::from_millis(40));
     let l = lookup(store.clone(), 2);
-    let asks: Vec<_> = (0..6).map(|n| tokio::spawn({
-        let l = l.clone();
-        async move { l.fetch(id(&format!("k{n}"))).await }
-    })).collect();
+    let asks: Vec<_> = (0..6)
+        .map(|n| {
+            tokio::spawn({
+                let l = l.clone();
+                async move { l.fetch(id(&format!("k{n}"))).await }
+            })
+        })
+        .collect();
     let mut shed = 0;
     for ask in asks {
         if ask.await.unwrap().err() == Some(LookupError::Overloaded) {
@@ -108,7 +126,10 @@ async fn a_known_key_is_served_stale_while_the_store_is_down() {
     // One background refresh, then it waits a second before the next.
     assert_eq!(store.fetch_count(), 2);
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert!(l.cached(&id("k")).is_none(), "past stale_s the key is no longer vouched for");
+    assert!(
+        l.cached(&id("k")).is_none(),
+        "past stale_s the key is no longer vouched for"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -123,7 +144,13 @@ async fn an_announcement_during_a_query_keeps_its_answer_out_of_the_negative_cac
     tokio::time::sleep(Duration::from_millis(5)).await;
     store.insert(id("new"), KeyRecord::active("a"));
     l.announce(Announcement::Key(id("new")));
-    assert!(is_unknown(&ask.await.unwrap()), "the query began before the key existed");
-    assert!(l.cached(&id("new")).is_none(), "but its answer is not remembered");
+    assert!(
+        is_unknown(&ask.await.unwrap()),
+        "the query began before the key existed"
+    );
+    assert!(
+        l.cached(&id("new")).is_none(),
+        "but its answer is not remembered"
+    );
     assert!(is_known(&l.fetch(id("new")).await));
 }

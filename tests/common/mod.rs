@@ -1,0 +1,349 @@
+//! The integration tests' harness: real processes on free ports.
+//!
+//! - [`Redis`]: a `redis-server` of the test's own (never the machine's 6379), which can be
+//!   frozen (SIGSTOP), thawed, killed and restarted on the same port, and asked what it served.
+//! - [`Upstream`]: the demo ingestion node, recording what reached it.
+//! - [`Gateway`]: the real `keygate` binary on a config written for the test, its stderr kept.
+//! - [`http`]: a small HTTP/1.1 client that can keep a connection open and send what it likes.
+
+#![allow(dead_code)]
+
+pub mod http;
+
+use keygate::demo_upstream::{self, Journal, Received};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Retries `check` until it holds or `within` passes; the time it took.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check().then(|| started.elapsed())
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+// === impl Redis ===
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let mut redis = Redis {
+            port: free_port(),
+            child: None,
+            _dir: dir,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (make test installs it)");
+        self.child = Some(child);
+        let up = eventually(Duration::from_secs(10), || self.try_connection().is_some());
+        assert!(up.is_some(), "redis-server did not start on {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn try_connection(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut con).ok()?;
+        Some(con)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        self.try_connection().expect("redis answers")
+    }
+
+    /// Writes a key's record the way an operator would: HSET, then announce the id.
+    pub fn put_key(&self, key: &str, fields: &[(&str, &str)]) {
+        let id = keygate::key::ApiKey::from_cli(key).id().to_hex();
+        let mut con = self.connection();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("keygate:key:{id}"))
+            .query(&mut con)
+            .unwrap();
+        let mut hset = redis::cmd("HSET");
+        hset.arg(format!("keygate:key:{id}"));
+        for (field, value) in fields {
+            hset.arg(*field).arg(*value);
+        }
+        let _: () = hset.query(&mut con).unwrap();
+    }
+
+    pub fn announce(&self, key: &str) {
+        let id = keygate::key::ApiKey::from_cli(key).id().to_hex();
+        let _: () = redis::cmd("PUBLISH")
+            .arg("keygate:invalidate")
+            .arg(id)
+            .query(&mut self.connection())
+            .unwrap();
+    }
+
+    /// How many key lookups (HGETALL) Redis has served, by its own count.
+    pub fn reads(&self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hgetall:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn reset_stats(&self) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut self.connection())
+            .unwrap();
+    }
+
+    /// Every key Redis holds.
+    pub fn keys(&self) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut self.connection())
+            .unwrap()
+    }
+
+    pub fn freeze(&self) {
+        signal(self.child.as_ref().unwrap().id(), "STOP");
+    }
+
+    pub fn thaw(&self) {
+        signal(self.child.as_ref().unwrap().id(), "CONT");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port, empty (nothing is saved).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+// === impl Upstream ===
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    journal: Journal,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let (addr, journal) = demo_upstream::spawn("127.0.0.1:0").unwrap();
+        Upstream { addr, journal }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.journal.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.journal.lock().unwrap().len()
+    }
+}
+
+// === impl Gateway ===
+
+/// The parts of a gateway's config a test cares about; the rest is filled in.
+pub struct Setup {
+    /// The `store:` section's body, indented by two spaces.
+    pub store: String,
+    pub peers: Vec<String>,
+    /// Extra top-level YAML (cache, rate_limit, api_key, …).
+    pub extra: String,
+    /// Whether `rate_limit` gets generous defaults (when `extra` does not set it).
+    pub generous_limits: bool,
+}
+
+impl Setup {
+    pub fn redis(redis: &Redis, upstream: &Upstream) -> Setup {
+        Setup {
+            store: format!("  redis:\n    url: {}\n    timeout_ms: 50\n", redis.url()),
+            peers: vec![upstream.addr.to_string()],
+            extra: String::new(),
+            generous_limits: true,
+        }
+    }
+
+    pub fn extra(mut self, yaml: &str) -> Setup {
+        self.extra.push_str(yaml);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn start(self) -> Gateway {
+        Gateway::start(self)
+    }
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start(setup: Setup) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut yaml = format!(
+            "listen: [\"{addr}\"]\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: 1\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: 200}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
+            setup.peers, setup.store
+        );
+        if setup.generous_limits && !setup.extra.contains("rate_limit:") {
+            yaml.push_str("rate_limit:\n  per_second: 100000\n  burst: 100000\n  unauthenticated_per_ip: {per_second: 100000, burst: 100000}\n");
+        }
+        yaml.push_str(&setup.extra);
+        let config = dir.path().join("keygate.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = dir.path().join("stderr.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let gateway = Gateway {
+            addr,
+            admin,
+            child,
+            log,
+            dir,
+        };
+        let up = eventually(Duration::from_secs(20), || {
+            http::get(gateway.admin, "/healthz").is_ok_and(|r| r.status == 200)
+                && std::net::TcpStream::connect(gateway.addr).is_ok()
+        });
+        assert!(up.is_some(), "keygate did not start:\n{}", gateway.logs());
+        gateway
+    }
+
+    /// A request with `headers` (name, value pairs) to `path`.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> http::Response {
+        http::request(self.addr, "GET", path, headers, b"").unwrap()
+    }
+
+    pub fn with_key(&self, key: &str) -> http::Response {
+        self.get("/ingest", &[("X-ApiKey", key)])
+    }
+
+    pub fn metrics(&self) -> String {
+        http::get(self.admin, "/metrics").unwrap().text()
+    }
+
+    /// The value of one series, e.g. `keygate_requests_total{outcome="forwarded"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The value of `series` once it reaches `expected` (counted in `logging`, just after the
+    /// answer was sent), or its last value after two seconds.
+    pub fn settled_metric(&self, series: &str, expected: f64) -> f64 {
+        let mut last = 0.0;
+        eventually(Duration::from_secs(2), || {
+            last = self.metric(series);
+            last == expected
+        });
+        last
+    }
+
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
