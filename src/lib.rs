@@ -17,7 +17,7 @@
 //! - [`metrics`]: what is counted, served by [`admin`].
 //!
 //! Around it: [`config`] (the YAML and its validation), [`invalidate`] (announcements from
-//! Redis), [`gateway`] (the shared state), [`server`] (the Pingora server), [`cli`] (the
+//! Redis), [`logging`] (stderr, never a key), [`gateway`] (the shared state), [`server`] (the Pingora server), [`cli`] (the
 //! command line) and [`demo_upstream`] (a tiny ingestion node for the demo and the tests).
 
 pub mod admin;
@@ -32,6 +32,7 @@ pub mod gateway;
 pub mod invalidate;
 pub mod key;
 pub mod limit;
+pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod proxy;

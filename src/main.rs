@@ -3,7 +3,7 @@
 use clap::Parser;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    keygate::logging::init();
     let args = keygate::cli::Args::parse();
     std::process::exit(keygate::cli::run(args));
 }

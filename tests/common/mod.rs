@@ -336,6 +336,15 @@ impl Gateway {
         text
     }
 
+    /// Guarantee 7: none of `keys` appears anywhere in what the gateway logged.
+    pub fn assert_no_key_in_logs(&self, keys: &[&str]) {
+        let logs = self.logs();
+        assert!(!logs.is_empty(), "the gateway logged nothing at all");
+        for key in keys {
+            assert!(!logs.contains(key), "a key reached the log:\n{logs}");
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,0 +1,61 @@
+//! `keygate -t -c FILE`: every shipped config passes; a bad one fails with every problem named.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(path: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("-t")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_shipped_config_passes_the_check() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&conf).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // Key files and other tools' configs live beside the gateway's own.
+        let is_gateway_config =
+            name.ends_with(".yaml") && !name.contains("keys") && !name.starts_with("prometheus");
+        if !is_gateway_config {
+            continue;
+        }
+        let out = check(&path);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(name);
+    }
+    assert!(!checked.is_empty(), "no config in conf/ was checked");
+}
+
+#[test]
+fn a_bad_config_exits_1_naming_every_field_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "listen: [nowhere]\nupstream:\n  peers: []\n  colour: blue\nstore:\n  file: k.yaml\ncache:\n  ttl_s: 0\n").unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "line 1: listen[0]",
+        "upstream.colour",
+        "line 8: cache.ttl_s",
+    ] {
+        assert!(stderr.contains(expected), "`{expected}` not in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_panic() {
+    let out = check(Path::new("/nonexistent/keygate.yaml"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}

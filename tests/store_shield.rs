@@ -1,0 +1,155 @@
+//! The store is asked as little as the contract allows: once per unknown key per negative TTL,
+//! once for many concurrent first requests, and again only when an announcement says so.
+
+mod common;
+
+use common::http;
+use common::{eventually, Redis, Setup, Upstream};
+use std::time::Duration;
+
+#[test]
+fn three_hundred_repeats_of_one_unknown_key_cost_one_read() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream).start();
+    redis.reset_stats();
+    for _ in 0..300 {
+        gateway
+            .with_key("bogus-key")
+            .assert_rejected(403, "unknown_api_key");
+    }
+    assert_eq!(redis.reads(), 1, "Redis served {} reads", redis.reads());
+    assert_eq!(upstream.count(), 0);
+}
+
+#[test]
+fn sixty_four_concurrent_first_requests_cost_one_read() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("popular-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    redis.reset_stats();
+    // Freezing Redis while the 64 requests arrive makes them truly concurrent: all of them are
+    // waiting on the one lookup when it thaws.
+    redis.freeze();
+    let mut setup = Vec::new();
+    for _ in 0..64 {
+        let addr = gateway.addr;
+        setup.push(std::thread::spawn(move || {
+            http::request(addr, "GET", "/ingest", &[("X-ApiKey", "popular-key")], b"")
+                .unwrap()
+                .status
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    redis.thaw();
+    let statuses: Vec<u16> = setup.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(redis.reads() <= 1, "Redis served {} reads", redis.reads());
+
+    // And with Redis answering at once.
+    redis.put_key("second-key", &[("app", "acme")]);
+    redis.reset_stats();
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let addr = gateway.addr;
+            std::thread::spawn(move || {
+                http::request(addr, "GET", "/", &[("X-ApiKey", "second-key")], b"")
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    assert!(threads.into_iter().all(|t| t.join().unwrap() == 200));
+    assert!(redis.reads() <= 1, "Redis served {} reads", redis.reads());
+}
+
+#[test]
+fn a_revoked_key_is_refused_within_a_second_of_its_announcement() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("soon-revoked", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    assert_eq!(gateway.with_key("soon-revoked").status, 200);
+    wait_subscribed(&redis);
+    redis.put_key("soon-revoked", &[("app", "acme"), ("status", "revoked")]);
+    assert_eq!(
+        gateway.with_key("soon-revoked").status,
+        200,
+        "cached until announced"
+    );
+    redis.announce("soon-revoked");
+    let took = eventually(Duration::from_secs(1), || {
+        gateway.with_key("soon-revoked").status == 403
+    });
+    assert!(
+        took.is_some(),
+        "still accepted a second after the announcement"
+    );
+    gateway
+        .with_key("soon-revoked")
+        .assert_rejected(403, "disabled_api_key");
+}
+
+#[test]
+fn a_key_created_after_being_cached_unknown_is_accepted_within_a_second() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream).start();
+    gateway
+        .with_key("late-key")
+        .assert_rejected(403, "unknown_api_key");
+    wait_subscribed(&redis);
+    redis.put_key("late-key", &[("app", "acme")]);
+    gateway
+        .with_key("late-key")
+        .assert_rejected(403, "unknown_api_key");
+    redis.announce("late-key");
+    let took = eventually(Duration::from_secs(1), || {
+        gateway.with_key("late-key").status == 200
+    });
+    assert!(
+        took.is_some(),
+        "still unknown a second after the announcement"
+    );
+}
+
+#[test]
+fn an_announcement_of_everything_forgets_everything() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("key-a", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    assert_eq!(gateway.with_key("key-a").status, 200);
+    gateway
+        .with_key("key-b")
+        .assert_rejected(403, "unknown_api_key");
+    wait_subscribed(&redis);
+    redis.put_key("key-a", &[("app", "acme"), ("status", "revoked")]);
+    redis.put_key("key-b", &[("app", "acme")]);
+    let _: () = redis::cmd("PUBLISH")
+        .arg("keygate:invalidate")
+        .arg("*")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || gateway.with_key("key-a").status
+            == 403)
+        .is_some()
+    );
+    assert_eq!(gateway.with_key("key-b").status, 200);
+}
+
+/// Waits until the gateway's subscription to the invalidation channel is in place.
+pub fn wait_subscribed(redis: &Redis) {
+    let subscribed = eventually(Duration::from_secs(5), || {
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("keygate:invalidate")
+            .query(&mut redis.connection())
+            .unwrap();
+        counts.first().is_some_and(|(_, n)| *n > 0)
+    });
+    assert!(
+        subscribed.is_some(),
+        "the gateway never subscribed to keygate:invalidate"
+    );
+}
