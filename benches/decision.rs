@@ -1,1 +1,86 @@
-fn main() {}
+//! The request path's decision, without the network: extract the key, hash it to its id, ask
+//! the cache, check the limiter. `cargo bench --bench decision` (or `make bench`).
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use keygate::cache::KeyCache;
+use keygate::config::{CacheConfig, Rate};
+use keygate::extract::{Extracted, KeyExtractor, KeySource};
+use keygate::key::ApiKey;
+use keygate::lookup::{KeyLookup, Verdict};
+use keygate::metrics::Metrics;
+use keygate::store::memory::MemoryStore;
+use keygate::store::KeyRecord;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn setup() -> (KeyExtractor, Arc<KeyLookup>) {
+    let extractor = KeyExtractor {
+        sources: vec![
+            KeySource::Header(HeaderName::from_static("x-apikey")),
+            KeySource::Query("apikey".into()),
+        ],
+        max_length: 128,
+        forward: true,
+    };
+    let store = Arc::new(MemoryStore::default());
+    store.insert(ApiKey::from_cli("bench-known-key-0001").id(), KeyRecord::active("bench"));
+    let cache = KeyCache::new(&CacheConfig {
+        capacity: 100_000,
+        negative_capacity: 100_000,
+        ttl: Duration::from_secs(3600),
+        negative_ttl: Duration::from_secs(3600),
+        stale: Duration::from_secs(3600),
+    });
+    // A rate no benchmark loop reaches, so every check is the allowed path.
+    let rate = Rate { per_second: 1e9, burst: 1_000_000_000 };
+    let lookup =
+        Arc::new(KeyLookup::new(cache, store, Duration::from_secs(1), 64, rate, Arc::new(Metrics::new())));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        lookup.fetch(ApiKey::from_cli("bench-known-key-0001").id()).await.unwrap();
+        lookup.fetch(ApiKey::from_cli("bench-unknown-key-01").id()).await.unwrap();
+    });
+    (extractor, lookup)
+}
+
+/// The whole decision for one request's headers; true when it would be forwarded.
+fn decide(extractor: &KeyExtractor, lookup: &Arc<KeyLookup>, headers: &HeaderMap) -> bool {
+    let Extracted::Key(key) = extractor.extract(headers, None) else { return false };
+    match lookup.cached(&key.id()) {
+        Some(Verdict::Known(grant)) => grant.record.is_enabled() && grant.limiter.check().is_ok(),
+        _ => false,
+    }
+}
+
+fn headers(key: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("ingest.example.com"));
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("x-apikey", HeaderValue::from_static(key));
+    headers
+}
+
+fn decision(c: &mut Criterion) {
+    let (extractor, lookup) = setup();
+    let known = headers("bench-known-key-0001");
+    let unknown = headers("bench-unknown-key-01");
+    assert!(decide(&extractor, &lookup, &known));
+    assert!(!decide(&extractor, &lookup, &unknown));
+    c.bench_function("decision/cached_known_key", |b| {
+        b.iter(|| decide(&extractor, &lookup, black_box(&known)))
+    });
+    c.bench_function("decision/cached_unknown_key", |b| {
+        b.iter(|| decide(&extractor, &lookup, black_box(&unknown)))
+    });
+    c.bench_function("stage/extract", |b| {
+        b.iter(|| matches!(extractor.extract(black_box(&known), None), Extracted::Key(_)))
+    });
+    let key = ApiKey::from_cli("bench-known-key-0001");
+    c.bench_function("stage/key_id_sha256", |b| b.iter(|| black_box(&key).id()));
+    let id = key.id();
+    c.bench_function("stage/cache_lookup", |b| b.iter(|| lookup.cached(black_box(&id)).is_some()));
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);

@@ -6,9 +6,7 @@
 //! ```
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".to_string());
     let (local, _journal) = keygate::demo_upstream::spawn(&addr)?;
     eprintln!("demo upstream listening on {local}");
     loop {

@@ -25,26 +25,16 @@ impl Admin {
         let gateway = &self.gateway;
         let metrics = &gateway.metrics;
         let cache = &gateway.lookup.cache;
-        metrics
-            .cache_entries
-            .with_label_values(&["positive"])
-            .set(cache.known_len() as i64);
-        metrics
-            .cache_entries
-            .with_label_values(&["negative"])
-            .set(cache.unknown_len() as i64);
+        metrics.cache_entries.with_label_values(&["positive"]).set(cache.known_len() as i64);
+        metrics.cache_entries.with_label_values(&["negative"]).set(cache.unknown_len() as i64);
         for (peer, healthy) in gateway.upstreams.health() {
-            metrics
-                .upstream_healthy
-                .with_label_values(&[&peer.to_string()])
-                .set(healthy as i64);
+            metrics.upstream_healthy.with_label_values(&[&peer.to_string()]).set(healthy as i64);
         }
         metrics.encode()
     }
 
     async fn readiness(&self) -> Result<(), &'static str> {
-        let ping =
-            tokio::time::timeout(READY_PING_TIMEOUT, self.gateway.lookup.store().ping()).await;
+        let ping = tokio::time::timeout(READY_PING_TIMEOUT, self.gateway.lookup.store().ping()).await;
         if !matches!(ping, Ok(Ok(()))) {
             return Err("key store unreachable");
         }
@@ -73,11 +63,7 @@ impl ServeHttp for Admin {
             "/healthz" => text(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => match self.readiness().await {
                 Ok(()) => text(200, "text/plain", b"ready\n".to_vec()),
-                Err(why) => text(
-                    503,
-                    "text/plain",
-                    format!("not ready: {why}\n").into_bytes(),
-                ),
+                Err(why) => text(503, "text/plain", format!("not ready: {why}\n").into_bytes()),
             },
             _ => text(404, "text/plain", b"not found\n".to_vec()),
         }

@@ -92,12 +92,8 @@ pub async fn reject(session: &mut Session, rejection: Rejection) -> pingora::Res
     if !drain_body(session).await {
         session.set_keepalive(None);
     }
-    session
-        .write_response_header(Box::new(rejection.response_header()), false)
-        .await?;
-    session
-        .write_response_body(Some(Bytes::from_static(rejection.body().as_bytes())), true)
-        .await
+    session.write_response_header(Box::new(rejection.response_header()), false).await?;
+    session.write_response_body(Some(Bytes::from_static(rejection.body().as_bytes())), true).await
 }
 
 /// Reads and discards the request body within the bounds; false when it could not.
@@ -125,9 +121,7 @@ async fn drain_body(session: &mut Session) -> bool {
             }
         }
     };
-    tokio::time::timeout(DRAIN_DEADLINE, drain)
-        .await
-        .unwrap_or(false)
+    tokio::time::timeout(DRAIN_DEADLINE, drain).await.unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -141,18 +135,8 @@ mod tests {
             (Rejection::MalformedKey, 401, "malformed_api_key", None),
             (Rejection::UnknownKey, 403, "unknown_api_key", None),
             (Rejection::DisabledKey, 403, "disabled_api_key", None),
-            (
-                Rejection::RateLimited(RetryAfter(3)),
-                429,
-                "rate_limited",
-                Some(3),
-            ),
-            (
-                Rejection::StoreUnavailable,
-                503,
-                "key_store_unavailable",
-                Some(1),
-            ),
+            (Rejection::RateLimited(RetryAfter(3)), 429, "rate_limited", Some(3)),
+            (Rejection::StoreUnavailable, 503, "key_store_unavailable", Some(1)),
             (Rejection::Overloaded, 503, "overloaded", Some(1)),
         ];
         for (rejection, status, code, retry_after) in cases {
@@ -161,10 +145,7 @@ mod tests {
             assert_eq!(rejection.retry_after(), retry_after);
             let header = rejection.response_header();
             assert_eq!(header.headers["content-type"], "application/json");
-            assert_eq!(
-                header.headers.get("retry-after").is_some(),
-                retry_after.is_some()
-            );
+            assert_eq!(header.headers.get("retry-after").is_some(), retry_after.is_some());
         }
     }
 }

@@ -74,10 +74,7 @@ impl KeyCache {
                 return Cached::Fresh(known.grant);
             }
             if age < self.ttl + self.stale {
-                return Cached::Stale {
-                    grant: known.grant,
-                    refresh: now >= known.retry_at,
-                };
+                return Cached::Stale { grant: known.grant, refresh: now >= known.retry_at };
             }
             return Cached::Miss;
         }
@@ -96,22 +93,10 @@ impl KeyCache {
     /// while the lookup was in flight) the entry is served but checked again at once.
     pub fn remember_known(&self, id: KeyId, grant: Arc<Grant>, doubtful: bool) {
         let now = Instant::now();
-        let verified = if doubtful {
-            now.checked_sub(self.ttl).unwrap_or(now)
-        } else {
-            now
-        };
+        let verified = if doubtful { now.checked_sub(self.ttl).unwrap_or(now) } else { now };
         let epoch = self.epoch.load(Ordering::Relaxed);
         self.unknown.remove(&id);
-        self.known.insert(
-            id,
-            Known {
-                grant,
-                verified,
-                retry_at: now,
-                epoch,
-            },
-        );
+        self.known.insert(id, Known { grant, verified, retry_at: now, epoch });
     }
 
     /// Records that the store just said `id` has no record.

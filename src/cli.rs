@@ -5,11 +5,7 @@ use clap::Parser;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "keygate",
-    version,
-    about = "An API-key edge gateway on Pingora"
-)]
+#[command(name = "keygate", version, about = "An API-key edge gateway on Pingora")]
 pub struct Args {
     /// The YAML config file.
     #[arg(short = 'c', long = "config", value_name = "FILE")]

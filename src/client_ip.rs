@@ -28,11 +28,7 @@ impl ClientAddress {
         }
         let mut client = peer;
         // Header lines are read last to first and each line right to left: the nearest hop first.
-        let lines: Vec<&[u8]> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
+        let lines: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
         for line in lines.into_iter().rev() {
             let Ok(line) = std::str::from_utf8(line) else {
                 return client;
@@ -79,28 +75,17 @@ mod tests {
     #[test]
     fn forwarded_for_is_ignored_from_untrusted_peers() {
         let resolver = ClientAddress::new(vec!["127.0.0.1/32".parse().unwrap()]);
-        assert_eq!(
-            resolver.resolve(ip("10.1.1.1"), &headers(&["1.2.3.4"])),
-            ip("10.1.1.1")
-        );
+        assert_eq!(resolver.resolve(ip("10.1.1.1"), &headers(&["1.2.3.4"])), ip("10.1.1.1"));
     }
 
     #[test]
     fn the_rightmost_untrusted_hop_is_the_client() {
-        let resolver = ClientAddress::new(vec![
-            "127.0.0.1/32".parse().unwrap(),
-            "10.0.0.0/8".parse().unwrap(),
-        ]);
+        let resolver =
+            ClientAddress::new(vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()]);
         let h = headers(&["6.6.6.6, 1.2.3.4", "10.0.0.5"]);
         assert_eq!(resolver.resolve(ip("127.0.0.1"), &h), ip("1.2.3.4"));
-        assert_eq!(
-            resolver.resolve(ip("127.0.0.1"), &HeaderMap::new()),
-            ip("127.0.0.1")
-        );
-        assert_eq!(
-            resolver.resolve(ip("127.0.0.1"), &headers(&["junk"])),
-            ip("127.0.0.1")
-        );
+        assert_eq!(resolver.resolve(ip("127.0.0.1"), &HeaderMap::new()), ip("127.0.0.1"));
+        assert_eq!(resolver.resolve(ip("127.0.0.1"), &headers(&["junk"])), ip("127.0.0.1"));
     }
 
     #[test]

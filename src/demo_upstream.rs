@@ -22,11 +22,7 @@ impl Received {
     /// Every value of header `name` (case-insensitive).
     pub fn header_values(&self, name: &str) -> Vec<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
     }
 }
 
@@ -53,18 +49,13 @@ pub fn spawn(addr: &str) -> std::io::Result<(SocketAddr, Journal)> {
     let local = std_listener.local_addr()?;
     let journal = Journal::default();
     let shared = Arc::clone(&journal);
-    std::thread::Builder::new()
-        .name("demo-upstream".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                serve(listener, shared).await
-            });
-        })?;
+    std::thread::Builder::new().name("demo-upstream".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).expect("listener");
+            serve(listener, shared).await
+        });
+    })?;
     Ok((local, journal))
 }
 
@@ -77,10 +68,8 @@ async fn connection(stream: TcpStream, journal: Journal) -> std::io::Result<()> 
             return Ok(());
         }
         let mut parts = line.split_whitespace();
-        let (method, target) = (
-            parts.next().unwrap_or("").to_string(),
-            parts.next().unwrap_or("").to_string(),
-        );
+        let (method, target) =
+            (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
         let mut headers = Vec::new();
         loop {
             let mut header = String::new();
@@ -93,37 +82,19 @@ async fn connection(stream: TcpStream, journal: Journal) -> std::io::Result<()> 
                 headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
         }
-        let value = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        let body = if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
+        let value = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let body = if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
             read_chunked(&mut reader).await?
         } else {
-            let length = value("content-length")
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
+            let length = value("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
             let mut body = vec![0; length];
             reader.read_exact(&mut body).await?;
             body
         };
-        let app = value("x-keygate-app")
-            .unwrap_or_default()
-            .replace(['"', '\\'], "");
+        let app = value("x-keygate-app").unwrap_or_default().replace(['"', '\\'], "");
         let reply = format!(r#"{{"app":"{app}","bytes":{}}}"#, body.len());
         let close = value("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        journal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Received {
-                method,
-                target,
-                headers,
-                body,
-            });
+        journal.lock().unwrap_or_else(|e| e.into_inner()).push(Received { method, target, headers, body });
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
             reply.len()

@@ -116,53 +116,26 @@ mod tests {
     #[test]
     fn header_comes_before_query() {
         let h = headers(&[("x-apikey", b"from-header")]);
-        assert_eq!(
-            extractor().extract(&h, Some("apikey=from-query")),
-            key(b"from-header")
-        );
-        assert_eq!(
-            extractor().extract(&HeaderMap::new(), Some("a=1&apikey=q")),
-            key(b"q")
-        );
+        assert_eq!(extractor().extract(&h, Some("apikey=from-query")), key(b"from-header"));
+        assert_eq!(extractor().extract(&HeaderMap::new(), Some("a=1&apikey=q")), key(b"q"));
     }
 
     #[test]
     fn nothing_anywhere_is_missing() {
-        assert_eq!(
-            extractor().extract(&HeaderMap::new(), None),
-            Extracted::Missing
-        );
-        assert_eq!(
-            extractor().extract(&HeaderMap::new(), Some("other=1")),
-            Extracted::Missing
-        );
+        assert_eq!(extractor().extract(&HeaderMap::new(), None), Extracted::Missing);
+        assert_eq!(extractor().extract(&HeaderMap::new(), Some("other=1")), Extracted::Missing);
     }
 
     #[test]
     fn bad_values_are_malformed() {
         let e = extractor();
-        for bad in [
-            &b""[..],
-            b"seventeen-bytes-x",
-            b"has space",
-            b"tab\there",
-            b"\xc3\xa9t\xc3\xa9",
-        ] {
+        for bad in [&b""[..], b"seventeen-bytes-x", b"has space", b"tab\there", b"\xc3\xa9t\xc3\xa9"] {
             let h = headers(&[("x-apikey", bad)]);
             assert_eq!(e.extract(&h, None), Extracted::Malformed, "{:?}", bad);
         }
-        assert_eq!(
-            e.extract(&HeaderMap::new(), Some("apikey=")),
-            Extracted::Malformed
-        );
-        assert_eq!(
-            e.extract(&HeaderMap::new(), Some("apikey")),
-            Extracted::Malformed
-        );
-        assert_eq!(
-            e.extract(&HeaderMap::new(), Some("apikey=%20x")),
-            Extracted::Malformed
-        );
+        assert_eq!(e.extract(&HeaderMap::new(), Some("apikey=")), Extracted::Malformed);
+        assert_eq!(e.extract(&HeaderMap::new(), Some("apikey")), Extracted::Malformed);
+        assert_eq!(e.extract(&HeaderMap::new(), Some("apikey=%20x")), Extracted::Malformed);
     }
 
     #[test]
@@ -172,26 +145,14 @@ mod tests {
         assert_eq!(e.extract(&two, None), Extracted::Malformed);
         let same = headers(&[("x-apikey", b"aaa"), ("x-apikey", b"aaa")]);
         assert_eq!(e.extract(&same, None), key(b"aaa"));
-        assert_eq!(
-            e.extract(&HeaderMap::new(), Some("apikey=a&apikey=b")),
-            Extracted::Malformed
-        );
-        assert_eq!(
-            e.extract(&HeaderMap::new(), Some("apikey=a&apikey=a")),
-            key(b"a")
-        );
+        assert_eq!(e.extract(&HeaderMap::new(), Some("apikey=a&apikey=b")), Extracted::Malformed);
+        assert_eq!(e.extract(&HeaderMap::new(), Some("apikey=a&apikey=a")), key(b"a"));
     }
 
     #[test]
     fn query_values_are_decoded_exactly_once() {
         let e = extractor();
-        assert_eq!(
-            e.extract(&HeaderMap::new(), Some("apikey=ab%2Dc")),
-            key(b"ab-c")
-        );
-        assert_eq!(
-            e.extract(&HeaderMap::new(), Some("apikey=%2541")),
-            key(b"%41")
-        );
+        assert_eq!(e.extract(&HeaderMap::new(), Some("apikey=ab%2Dc")), key(b"ab-c"));
+        assert_eq!(e.extract(&HeaderMap::new(), Some("apikey=%2541")), key(b"%41"));
     }
 }

@@ -71,12 +71,7 @@ impl Gateway {
         if let StoreBackend::Redis { url, prefix } = &config.store.backend {
             let client = redis::Client::open(url.as_str())?;
             let channel = format!("{prefix}invalidate");
-            tasks.spawn(invalidate::listen(
-                client,
-                channel,
-                Arc::clone(&lookup),
-                Arc::clone(&subscribed),
-            ));
+            tasks.spawn(invalidate::listen(client, channel, Arc::clone(&lookup), Arc::clone(&subscribed)));
         }
         let ip_limiter = Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip));
         let idle = Arc::clone(&ip_limiter);

@@ -56,10 +56,7 @@ pub async fn listen(
     }
 }
 
-async fn subscribe(
-    client: &redis::Client,
-    channel: &str,
-) -> redis::RedisResult<redis::aio::PubSub> {
+async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
@@ -67,12 +64,7 @@ async fn subscribe(
     };
     tokio::time::timeout(PING_TIMEOUT, connect)
         .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "subscribe timed out",
-            )))
-        })
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "subscribe timed out"))))
 }
 
 /// Applies announcements until the subscription fails; returns why it ended.

@@ -26,9 +26,7 @@ impl RetryAfter {
 fn quota(rate: Rate) -> Quota {
     let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
     let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(period)
-        .expect("period is never zero")
-        .allow_burst(burst)
+    Quota::with_period(period).expect("period is never zero").allow_burst(burst)
 }
 
 /// One key's limiter and the rate it was built for.
@@ -39,16 +37,13 @@ pub struct KeyLimiter {
 
 impl KeyLimiter {
     pub fn new(rate: Rate) -> Self {
-        KeyLimiter {
-            rate,
-            limiter: DefaultDirectRateLimiter::direct(quota(rate)),
-        }
+        KeyLimiter { rate, limiter: DefaultDirectRateLimiter::direct(quota(rate)) }
     }
 
     pub fn check(&self) -> Result<(), RetryAfter> {
-        self.limiter.check().map_err(|until| {
-            RetryAfter::from_wait(until.wait_time_from(DefaultClock::default().now()))
-        })
+        self.limiter
+            .check()
+            .map_err(|until| RetryAfter::from_wait(until.wait_time_from(DefaultClock::default().now())))
     }
 }
 
@@ -81,15 +76,13 @@ pub struct IpLimiter {
 
 impl IpLimiter {
     pub fn new(rate: Rate) -> Self {
-        IpLimiter {
-            limiter: DefaultKeyedRateLimiter::keyed(quota(rate)),
-        }
+        IpLimiter { limiter: DefaultKeyedRateLimiter::keyed(quota(rate)) }
     }
 
     pub fn check(&self, client: IpAddr) -> Result<(), RetryAfter> {
-        self.limiter.check_key(&client).map_err(|until| {
-            RetryAfter::from_wait(until.wait_time_from(self.limiter.clock().now()))
-        })
+        self.limiter
+            .check_key(&client)
+            .map_err(|until| RetryAfter::from_wait(until.wait_time_from(self.limiter.clock().now())))
     }
 
     /// Forgets addresses whose state is back to a full burst; called periodically so that a
@@ -114,37 +107,25 @@ mod tests {
 
     #[test]
     fn a_burst_then_refusal_with_at_least_one_second() {
-        let limiter = KeyLimiter::new(Rate {
-            per_second: 0.5,
-            burst: 3,
-        });
+        let limiter = KeyLimiter::new(Rate { per_second: 0.5, burst: 3 });
         for _ in 0..3 {
             assert!(limiter.check().is_ok());
         }
         assert_eq!(limiter.check(), Err(RetryAfter(2)));
-        let fast = KeyLimiter::new(Rate {
-            per_second: 1000.0,
-            burst: 1,
-        });
+        let fast = KeyLimiter::new(Rate { per_second: 1000.0, burst: 1 });
         assert!(fast.check().is_ok());
         assert_eq!(fast.check(), Err(RetryAfter(1)));
     }
 
     #[test]
     fn a_refresh_keeps_the_limiter_unless_the_rate_changed() {
-        let default = Rate {
-            per_second: 1.0,
-            burst: 1,
-        };
+        let default = Rate { per_second: 1.0, burst: 1 };
         let first = Grant::new(KeyRecord::active("a"), default, None);
         assert!(first.limiter.check().is_ok());
         let same = Grant::new(KeyRecord::active("a"), default, Some(&first));
         assert!(Arc::ptr_eq(&first.limiter, &same.limiter));
         assert!(same.limiter.check().is_err());
-        let record = KeyRecord {
-            burst: Some(5),
-            ..KeyRecord::active("a")
-        };
+        let record = KeyRecord { burst: Some(5), ..KeyRecord::active("a") };
         let changed = Grant::new(record, default, Some(&same));
         assert!(!Arc::ptr_eq(&same.limiter, &changed.limiter));
         assert!(changed.limiter.check().is_ok());
@@ -152,10 +133,7 @@ mod tests {
 
     #[test]
     fn addresses_are_limited_apart() {
-        let limiter = IpLimiter::new(Rate {
-            per_second: 1.0,
-            burst: 2,
-        });
+        let limiter = IpLimiter::new(Rate { per_second: 1.0, burst: 2 });
         let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         assert!(limiter.check(a).is_ok() && limiter.check(a).is_ok());
         assert!(limiter.check(a).is_err());

@@ -19,8 +19,7 @@ fn is_ours(target: &str) -> bool {
 
 impl Log for Capped {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        (is_ours(metadata.target()) || metadata.level() <= OTHERS_MAX)
-            && self.inner.enabled(metadata)
+        (is_ours(metadata.target()) || metadata.level() <= OTHERS_MAX) && self.inner.enabled(metadata)
     }
 
     fn log(&self, record: &Record) {
@@ -36,8 +35,7 @@ impl Log for Capped {
 
 /// Installs the logger: `RUST_LOG` (default `info`) with the cap above.
 pub fn init() {
-    let inner =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     log::set_max_level(inner.filter());
     let _ = log::set_boxed_logger(Box::new(Capped { inner }));
 }
@@ -48,13 +46,10 @@ mod tests {
 
     #[test]
     fn only_our_own_modules_log_below_info() {
-        let inner = env_logger::Builder::new()
-            .filter_level(LevelFilter::Trace)
-            .build();
+        let inner = env_logger::Builder::new().filter_level(LevelFilter::Trace).build();
         let logger = Capped { inner };
-        let at = |target: &str, level| {
-            logger.enabled(&Metadata::builder().target(target).level(level).build())
-        };
+        let at =
+            |target: &str, level| logger.enabled(&Metadata::builder().target(target).level(level).build());
         assert!(at("keygate::lookup", log::Level::Debug));
         assert!(!at("pingora_proxy::proxy_h1", log::Level::Debug));
         assert!(at("pingora_proxy::proxy_h1", log::Level::Info));

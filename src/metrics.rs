@@ -5,8 +5,8 @@
 //! label ever holds a key, a key id or a client address.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::time::Duration;
 
@@ -97,52 +97,34 @@ impl Metrics {
         )
         .expect("valid metric");
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "keygate_request_seconds",
-                "Time from request to answer, by outcome.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
+            HistogramOpts::new("keygate_request_seconds", "Time from request to answer, by outcome.")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
             &["outcome"],
         )
         .expect("valid metric");
         let cache_lookups = IntCounterVec::new(
-            Opts::new(
-                "keygate_cache_lookups_total",
-                "Key cache lookups by result.",
-            ),
+            Opts::new("keygate_cache_lookups_total", "Key cache lookups by result."),
             &["result"],
         )
         .expect("valid metric");
         let store_queries = IntCounterVec::new(
-            Opts::new(
-                "keygate_store_queries_total",
-                "Key store queries by result.",
-            ),
+            Opts::new("keygate_store_queries_total", "Key store queries by result."),
             &["result"],
         )
         .expect("valid metric");
         let store_query_seconds = Histogram::with_opts(
-            HistogramOpts::new("keygate_store_query_seconds", "Key store query time.").buckets(
-                vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    1.0,
-                ],
-            ),
+            HistogramOpts::new("keygate_store_query_seconds", "Key store query time.").buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
         )
         .expect("valid metric");
-        let cache_entries = IntGaugeVec::new(
-            Opts::new("keygate_cache_entries", "Key cache entries by kind."),
-            &["kind"],
-        )
-        .expect("valid metric");
+        let cache_entries =
+            IntGaugeVec::new(Opts::new("keygate_cache_entries", "Key cache entries by kind."), &["kind"])
+                .expect("valid metric");
         let upstream_healthy = IntGaugeVec::new(
-            Opts::new(
-                "keygate_upstream_healthy",
-                "1 while the upstream peer passes its health check.",
-            ),
+            Opts::new("keygate_upstream_healthy", "1 while the upstream peer passes its health check."),
             &["peer"],
         )
         .expect("valid metric");
@@ -161,31 +143,20 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(config_reloads.clone()),
         ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
+            registry.register(collector).expect("metric names are unique");
         }
         // Touch every label value so each series is exported from the start, at zero.
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
         Metrics {
-            requests: Outcome::ALL
-                .iter()
-                .map(|o| requests.with_label_values(&[o.as_str()]))
-                .collect(),
+            requests: Outcome::ALL.iter().map(|o| requests.with_label_values(&[o.as_str()])).collect(),
             request_seconds: Outcome::ALL
                 .iter()
                 .map(|o| request_seconds.with_label_values(&[o.as_str()]))
                 .collect(),
-            cache_lookups: CACHE_RESULTS
-                .iter()
-                .map(|r| cache_lookups.with_label_values(&[r]))
-                .collect(),
-            store_queries: STORE_RESULTS
-                .iter()
-                .map(|r| store_queries.with_label_values(&[r]))
-                .collect(),
+            cache_lookups: CACHE_RESULTS.iter().map(|r| cache_lookups.with_label_values(&[r])).collect(),
+            store_queries: STORE_RESULTS.iter().map(|r| store_queries.with_label_values(&[r])).collect(),
             store_query_seconds,
             cache_entries,
             upstream_healthy,
@@ -209,17 +180,13 @@ impl Metrics {
     }
 
     pub fn config_reload(&self, ok: bool) {
-        self.config_reloads
-            .with_label_values(&[if ok { "ok" } else { "error" }])
-            .inc();
+        self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// The Prometheus text exposition of everything registered.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("encoding to a Vec cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encoding to a Vec cannot fail");
         out
     }
 }

@@ -53,24 +53,13 @@ impl KeyGateProxy {
     /// Decides a request: the grant to forward it under, or why not.
     async fn decide(&self, session: &Session) -> Result<Arc<Grant>, Rejection> {
         let request = session.req_header();
-        let id = match self
-            .gateway
-            .config
-            .api_key
-            .extract(&request.headers, request.uri.query())
-        {
+        let id = match self.gateway.config.api_key.extract(&request.headers, request.uri.query()) {
             Extracted::Key(key) => key.id(),
             Extracted::Missing => {
-                return Err(self
-                    .charge_client(session)
-                    .err()
-                    .unwrap_or(Rejection::MissingKey))
+                return Err(self.charge_client(session).err().unwrap_or(Rejection::MissingKey))
             }
             Extracted::Malformed => {
-                return Err(self
-                    .charge_client(session)
-                    .err()
-                    .unwrap_or(Rejection::MalformedKey))
+                return Err(self.charge_client(session).err().unwrap_or(Rejection::MalformedKey))
             }
         };
         let lookup = &self.gateway.lookup;
@@ -93,32 +82,20 @@ impl KeyGateProxy {
                 Ok(grant)
             }
             Verdict::Unknown if charged => Err(Rejection::UnknownKey),
-            Verdict::Unknown => Err(self
-                .charge_client(session)
-                .err()
-                .unwrap_or(Rejection::UnknownKey)),
+            Verdict::Unknown => Err(self.charge_client(session).err().unwrap_or(Rejection::UnknownKey)),
         }
     }
 
     /// Charges a request without a usable key to its client's address.
     fn charge_client(&self, session: &Session) -> Result<(), Rejection> {
-        let client = self
-            .gateway
-            .client_address
-            .resolve(peer_ip(session), &session.req_header().headers);
-        self.gateway
-            .ip_limiter
-            .check(limit_key(client))
-            .map_err(Rejection::RateLimited)
+        let client = self.gateway.client_address.resolve(peer_ip(session), &session.req_header().headers);
+        self.gateway.ip_limiter.check(limit_key(client)).map_err(Rejection::RateLimited)
     }
 }
 
 /// The connecting peer's address; a unix-socket peer (a local nginx) counts as loopback.
 fn peer_ip(session: &Session) -> IpAddr {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
+    session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
 }
 
 #[async_trait]
@@ -126,12 +103,7 @@ impl ProxyHttp for KeyGateProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            rejected: None,
-            grant: None,
-            tried: Vec::new(),
-        }
+        RequestCtx { started: Instant::now(), rejected: None, grant: None, tried: Vec::new() }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -148,11 +120,7 @@ impl ProxyHttp for KeyGateProxy {
         }
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let peer = self.gateway.upstreams.pick(&ctx.tried).ok_or_else(|| {
             Error::create(
                 ErrorType::HTTPStatus(502),
@@ -187,12 +155,8 @@ impl ProxyHttp for KeyGateProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let doomed: Vec<_> = upstream
-            .headers
-            .keys()
-            .filter(|name| name.as_str().starts_with("x-keygate-"))
-            .cloned()
-            .collect();
+        let doomed: Vec<_> =
+            upstream.headers.keys().filter(|name| name.as_str().starts_with("x-keygate-")).cloned().collect();
         for name in doomed {
             upstream.remove_header(&name);
         }
@@ -246,10 +210,8 @@ fn strip_key(upstream: &mut RequestHeader, sources: &[KeySource]) {
                 let Some(query) = upstream.uri.query() else {
                     continue;
                 };
-                let kept: Vec<&str> = query
-                    .split('&')
-                    .filter(|pair| pair.split('=').next() != Some(param.as_str()))
-                    .collect();
+                let kept: Vec<&str> =
+                    query.split('&').filter(|pair| pair.split('=').next() != Some(param.as_str())).collect();
                 let path = upstream.uri.path().to_string();
                 let uri = match kept.is_empty() {
                     true => path,

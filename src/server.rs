@@ -14,10 +14,7 @@ use pingora::services::listening::Service;
 /// (at once) or SIGQUIT (graceful upgrade). With `upgrade`, takes the listening sockets over
 /// from the running instance.
 pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
-    let mut conf = ServerConf {
-        threads: config.threads,
-        ..ServerConf::default()
-    };
+    let mut conf = ServerConf { threads: config.threads, ..ServerConf::default() };
     conf.grace_period_seconds = Some(config.grace_period.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(config.grace_period.as_secs().max(1));
     if let Some(pid) = &config.pid_file {
@@ -26,10 +23,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     if let Some(sock) = &config.upgrade_sock {
         conf.upgrade_sock = sock.display().to_string();
     }
-    let opt = Opt {
-        upgrade,
-        ..Opt::default()
-    };
+    let opt = Opt { upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 

@@ -24,9 +24,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Builds the balancer and the background service that runs its health checks.
-    pub fn new(
-        config: &UpstreamConfig,
-    ) -> (Upstreams, GenBackgroundService<LoadBalancer<RoundRobin>>) {
+    pub fn new(config: &UpstreamConfig) -> (Upstreams, GenBackgroundService<LoadBalancer<RoundRobin>>) {
         let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(config.peers.iter().copied())
             .expect("peers are resolved addresses");
         let interval = match &config.health_check {
@@ -55,9 +53,9 @@ impl Upstreams {
 
     /// A healthy peer this request has not failed on yet.
     pub fn pick(&self, tried: &[SocketAddr]) -> Option<Box<HttpPeer>> {
-        let backend = self.balancer.select_with(b"", 256, |backend, healthy| {
-            healthy && !tried.contains(&socket_addr(backend))
-        })?;
+        let backend = self
+            .balancer
+            .select_with(b"", 256, |backend, healthy| healthy && !tried.contains(&socket_addr(backend)))?;
         let mut peer = HttpPeer::new(socket_addr(&backend), false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
@@ -69,9 +67,7 @@ impl Upstreams {
     pub fn health(&self) -> Vec<(SocketAddr, bool)> {
         let backends = self.balancer.backends();
         let all = backends.get_backend();
-        all.iter()
-            .map(|b| (socket_addr(b), backends.ready(b)))
-            .collect()
+        all.iter().map(|b| (socket_addr(b), backends.ready(b))).collect()
     }
 
     pub fn any_healthy(&self) -> bool {
@@ -80,9 +76,5 @@ impl Upstreams {
 }
 
 fn socket_addr(backend: &Backend) -> SocketAddr {
-    backend
-        .addr
-        .as_inet()
-        .copied()
-        .unwrap_or_else(|| ([0, 0, 0, 0], 0).into())
+    backend.addr.as_inet().copied().unwrap_or_else(|| ([0, 0, 0, 0], 0).into())
 }

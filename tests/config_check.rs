@@ -4,12 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(path: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("-t")
-        .arg("-c")
-        .arg(path)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_keygate")).arg("-t").arg("-c").arg(path).output().unwrap()
 }
 
 #[test]
@@ -26,11 +21,7 @@ fn every_shipped_config_passes_the_check() {
             continue;
         }
         let out = check(&path);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         checked.push(name);
     }
     assert!(!checked.is_empty(), "no config in conf/ was checked");
@@ -44,11 +35,7 @@ fn a_bad_config_exits_1_naming_every_field_and_line() {
     let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in [
-        "line 1: listen[0]",
-        "upstream.colour",
-        "line 8: cache.ttl_s",
-    ] {
+    for expected in ["line 1: listen[0]", "upstream.colour", "line 8: cache.ttl_s"] {
         assert!(stderr.contains(expected), "`{expected}` not in:\n{stderr}");
     }
 }

@@ -34,11 +34,7 @@ fn a_frozen_store_keeps_known_keys_flowing_and_answers_the_rest_fast() {
         assert!(took < FAST_ANSWER, "answered after {took:?}");
     }
     redis.thaw();
-    assert!(eventually(Duration::from_secs(3), || gateway
-        .with_key("uncached-key")
-        .status
-        == 200)
-    .is_some());
+    assert!(eventually(Duration::from_secs(3), || gateway.with_key("uncached-key").status == 200).is_some());
     assert!(gateway.settled_metric(r#"keygate_store_queries_total{result="timeout"}"#, 3.0) >= 3.0);
     assert_eq!(
         gateway.metric(r#"keygate_cache_entries{kind="negative"}"#),
@@ -66,22 +62,14 @@ fn a_killed_and_restarted_store_loses_nothing_valid_and_is_heard_again() {
     redis.restart();
     redis.put_key("known-key", &[("app", "acme")]);
     redis.put_key("uncached-key", &[("app", "acme")]);
-    assert!(eventually(Duration::from_secs(3), || gateway
-        .with_key("uncached-key")
-        .status
-        == 200)
-    .is_some());
+    assert!(eventually(Duration::from_secs(3), || gateway.with_key("uncached-key").status == 200).is_some());
     assert_eq!(gateway.with_key("known-key").status, 200);
 
     // The subscription came back by itself: a revocation is heard within a second.
     assert!(eventually(Duration::from_secs(5), || subscribers(&redis) > 0).is_some());
     redis.put_key("known-key", &[("app", "acme"), ("status", "revoked")]);
     redis.announce("known-key");
-    assert!(eventually(Duration::from_secs(1), || gateway
-        .with_key("known-key")
-        .status
-        == 403)
-    .is_some());
+    assert!(eventually(Duration::from_secs(1), || gateway.with_key("known-key").status == 403).is_some());
     gateway.assert_no_key_in_logs(&["known-key", "uncached-key"]);
 }
 
@@ -89,22 +77,16 @@ fn a_killed_and_restarted_store_loses_nothing_valid_and_is_heard_again() {
 fn an_unknown_key_cached_before_an_outage_is_checked_again_after_it() {
     let (mut redis, upstream) = (Redis::start(), Upstream::start());
     let gateway = Setup::redis(&redis, &upstream).start();
-    gateway
-        .with_key("created-during-outage")
-        .assert_rejected(403, "unknown_api_key");
+    gateway.with_key("created-during-outage").assert_rejected(403, "unknown_api_key");
     redis.kill();
     redis.restart();
     // Written, and announced, while the gateway could not hear it: no announcement reaches it,
     // and the negative TTL (60 s) is far away. Only distrusting the negative cache when the
     // subscription resumes lets the key in.
     redis.put_key("created-during-outage", &[("app", "acme")]);
-    let accepted = eventually(Duration::from_secs(3), || {
-        gateway.with_key("created-during-outage").status == 200
-    });
-    assert!(
-        accepted.is_some(),
-        "an announcement missed in the gap left the key unknown"
-    );
+    let accepted =
+        eventually(Duration::from_secs(3), || gateway.with_key("created-during-outage").status == 200);
+    assert!(accepted.is_some(), "an announcement missed in the gap left the key unknown");
 }
 
 #[test]
@@ -118,17 +100,11 @@ fn store_errors_are_never_answered_401_or_403() {
         assert_eq!(status, 503);
     }
     let status = gateway.with_key("valid-key").status;
-    assert_eq!(
-        status, 503,
-        "an uncached valid key during an outage is retryable, not refused"
-    );
+    assert_eq!(status, 503, "an uncached valid key during an outage is retryable, not refused");
 }
 
 fn subscribers(redis: &Redis) -> u64 {
-    let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg("keygate:invalidate")
-        .query(&mut redis.connection())
-        .unwrap();
+    let counts: Vec<(String, u64)> =
+        redis::cmd("PUBSUB").arg("NUMSUB").arg("keygate:invalidate").query(&mut redis.connection()).unwrap();
     counts.first().map_or(0, |(_, n)| *n)
 }

@@ -13,9 +13,7 @@ fn three_hundred_repeats_of_one_unknown_key_cost_one_read() {
     let gateway = Setup::redis(&redis, &upstream).start();
     redis.reset_stats();
     for _ in 0..300 {
-        gateway
-            .with_key("bogus-key")
-            .assert_rejected(403, "unknown_api_key");
+        gateway.with_key("bogus-key").assert_rejected(403, "unknown_api_key");
     }
     assert_eq!(redis.reads(), 1, "Redis served {} reads", redis.reads());
     assert_eq!(upstream.count(), 0);
@@ -34,18 +32,13 @@ fn sixty_four_concurrent_first_requests_cost_one_read() {
     for _ in 0..64 {
         let addr = gateway.addr;
         setup.push(std::thread::spawn(move || {
-            http::request(addr, "GET", "/ingest", &[("X-ApiKey", "popular-key")], b"")
-                .unwrap()
-                .status
+            http::request(addr, "GET", "/ingest", &[("X-ApiKey", "popular-key")], b"").unwrap().status
         }));
     }
     std::thread::sleep(Duration::from_millis(20));
     redis.thaw();
     let statuses: Vec<u16> = setup.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 503),
-        "{statuses:?}"
-    );
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
     assert!(redis.reads() <= 1, "Redis served {} reads", redis.reads());
 
     // And with Redis answering at once.
@@ -55,9 +48,7 @@ fn sixty_four_concurrent_first_requests_cost_one_read() {
         .map(|_| {
             let addr = gateway.addr;
             std::thread::spawn(move || {
-                http::request(addr, "GET", "/", &[("X-ApiKey", "second-key")], b"")
-                    .unwrap()
-                    .status
+                http::request(addr, "GET", "/", &[("X-ApiKey", "second-key")], b"").unwrap().status
             })
         })
         .collect();
@@ -73,44 +64,24 @@ fn a_revoked_key_is_refused_within_a_second_of_its_announcement() {
     assert_eq!(gateway.with_key("soon-revoked").status, 200);
     wait_subscribed(&redis);
     redis.put_key("soon-revoked", &[("app", "acme"), ("status", "revoked")]);
-    assert_eq!(
-        gateway.with_key("soon-revoked").status,
-        200,
-        "cached until announced"
-    );
+    assert_eq!(gateway.with_key("soon-revoked").status, 200, "cached until announced");
     redis.announce("soon-revoked");
-    let took = eventually(Duration::from_secs(1), || {
-        gateway.with_key("soon-revoked").status == 403
-    });
-    assert!(
-        took.is_some(),
-        "still accepted a second after the announcement"
-    );
-    gateway
-        .with_key("soon-revoked")
-        .assert_rejected(403, "disabled_api_key");
+    let took = eventually(Duration::from_secs(1), || gateway.with_key("soon-revoked").status == 403);
+    assert!(took.is_some(), "still accepted a second after the announcement");
+    gateway.with_key("soon-revoked").assert_rejected(403, "disabled_api_key");
 }
 
 #[test]
 fn a_key_created_after_being_cached_unknown_is_accepted_within_a_second() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     let gateway = Setup::redis(&redis, &upstream).start();
-    gateway
-        .with_key("late-key")
-        .assert_rejected(403, "unknown_api_key");
+    gateway.with_key("late-key").assert_rejected(403, "unknown_api_key");
     wait_subscribed(&redis);
     redis.put_key("late-key", &[("app", "acme")]);
-    gateway
-        .with_key("late-key")
-        .assert_rejected(403, "unknown_api_key");
+    gateway.with_key("late-key").assert_rejected(403, "unknown_api_key");
     redis.announce("late-key");
-    let took = eventually(Duration::from_secs(1), || {
-        gateway.with_key("late-key").status == 200
-    });
-    assert!(
-        took.is_some(),
-        "still unknown a second after the announcement"
-    );
+    let took = eventually(Duration::from_secs(1), || gateway.with_key("late-key").status == 200);
+    assert!(took.is_some(), "still unknown a second after the announcement");
 }
 
 #[test]
@@ -119,22 +90,13 @@ fn an_announcement_of_everything_forgets_everything() {
     redis.put_key("key-a", &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).start();
     assert_eq!(gateway.with_key("key-a").status, 200);
-    gateway
-        .with_key("key-b")
-        .assert_rejected(403, "unknown_api_key");
+    gateway.with_key("key-b").assert_rejected(403, "unknown_api_key");
     wait_subscribed(&redis);
     redis.put_key("key-a", &[("app", "acme"), ("status", "revoked")]);
     redis.put_key("key-b", &[("app", "acme")]);
-    let _: () = redis::cmd("PUBLISH")
-        .arg("keygate:invalidate")
-        .arg("*")
-        .query(&mut redis.connection())
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(1), || gateway.with_key("key-a").status
-            == 403)
-        .is_some()
-    );
+    let _: () =
+        redis::cmd("PUBLISH").arg("keygate:invalidate").arg("*").query(&mut redis.connection()).unwrap();
+    assert!(eventually(Duration::from_secs(1), || gateway.with_key("key-a").status == 403).is_some());
     assert_eq!(gateway.with_key("key-b").status, 200);
 }
 
@@ -148,8 +110,5 @@ pub fn wait_subscribed(redis: &Redis) {
             .unwrap();
         counts.first().is_some_and(|(_, n)| *n > 0)
     });
-    assert!(
-        subscribed.is_some(),
-        "the gateway never subscribed to keygate:invalidate"
-    );
+    assert!(subscribed.is_some(), "the gateway never subscribed to keygate:invalidate");
 }

@@ -18,14 +18,7 @@ fn id(n: usize) -> KeyId {
 }
 
 fn grant() -> Arc<Grant> {
-    Arc::new(Grant::new(
-        KeyRecord::active("app"),
-        Rate {
-            per_second: 1.0,
-            burst: 1,
-        },
-        None,
-    ))
+    Arc::new(Grant::new(KeyRecord::active("app"), Rate { per_second: 1.0, burst: 1 }, None))
 }
 
 fn kind(c: &Cached) -> &'static str {
@@ -51,10 +44,7 @@ async fn a_known_key_is_fresh_then_stale_then_gone() {
     assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert_eq!(kind(&c.get(&id(1))), "miss");
-    assert!(
-        c.grant_of(&id(1)).is_some(),
-        "the limiter outlives the entry's usefulness"
-    );
+    assert!(c.grant_of(&id(1)).is_some(), "the limiter outlives the entry's usefulness");
 }
 
 #[tokio::test(start_paused = true)]
@@ -88,24 +78,13 @@ async fn announcements_forget_and_a_resubscribe_distrusts() {
     c.remember_unknown(id(2));
     c.forget(&id(1));
     c.forget(&id(2));
-    assert_eq!(
-        (kind(&c.get(&id(1))), kind(&c.get(&id(2)))),
-        ("miss", "miss")
-    );
+    assert_eq!((kind(&c.get(&id(1))), kind(&c.get(&id(2)))), ("miss", "miss"));
 
     c.remember_known(id(1), grant(), false);
     c.remember_unknown(id(2));
     c.distrust_all();
-    assert_eq!(
-        kind(&c.get(&id(1))),
-        "stale-refresh",
-        "known keys are still served, but confirmed"
-    );
-    assert_eq!(
-        kind(&c.get(&id(2))),
-        "miss",
-        "nothing unverified is trusted as unknown"
-    );
+    assert_eq!(kind(&c.get(&id(1))), "stale-refresh", "known keys are still served, but confirmed");
+    assert_eq!(kind(&c.get(&id(2))), "miss", "nothing unverified is trusted as unknown");
     c.remember_known(id(1), grant(), false);
     assert_eq!(kind(&c.get(&id(1))), "fresh");
 

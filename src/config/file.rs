@@ -41,11 +41,7 @@ pub struct ApiKeyFile {
 
 impl Default for ApiKeyFile {
     fn default() -> Self {
-        ApiKeyFile {
-            sources: defaults::sources(),
-            max_length: defaults::max_length(),
-            forward: true,
-        }
+        ApiKeyFile { sources: defaults::sources(), max_length: defaults::max_length(), forward: true }
     }
 }
 
@@ -153,14 +149,8 @@ pub mod defaults {
     }
     pub fn sources() -> Vec<SourceFile> {
         vec![
-            SourceFile {
-                header: Some("X-ApiKey".into()),
-                query: None,
-            },
-            SourceFile {
-                header: None,
-                query: Some("apikey".into()),
-            },
+            SourceFile { header: Some("X-ApiKey".into()), query: None },
+            SourceFile { header: None, query: Some("apikey".into()) },
         ]
     }
     pub fn max_length() -> usize {

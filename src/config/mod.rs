@@ -120,9 +120,8 @@ const TOP_LEVEL: &[&str] = &[
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::single(path, Problem::new("", None, format!("cannot read: {e}")))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single(path, Problem::new("", None, format!("cannot read: {e}"))))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base).map_err(|problems| ConfigErrors::new(path, problems))
     }
@@ -132,13 +131,7 @@ impl Config {
         let mut p = Problems::new(text);
         let top: Mapping = match serde_yaml::from_str::<Value>(text) {
             Ok(Value::Mapping(map)) => map,
-            Ok(_) => {
-                return Err(vec![Problem::new(
-                    "",
-                    Some(1),
-                    "the file must be a mapping",
-                )])
-            }
+            Ok(_) => return Err(vec![Problem::new("", Some(1), "the file must be a mapping")]),
             Err(e) => {
                 let line = e.location().map(|l| l.line());
                 return Err(vec![Problem::new("", line, e.to_string())]);
@@ -183,9 +176,7 @@ impl Config {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let path_field = |p: &mut Problems, name: &str| {
-            section(name)
-                .and_then(|v| p.typed::<String>(name, v))
-                .map(|s| base.join(s))
+            section(name).and_then(|v| p.typed::<String>(name, v)).map(|s| base.join(s))
         };
         let pid_file = path_field(&mut p, "pid_file");
         let upgrade_sock = path_field(&mut p, "upgrade_sock");
@@ -198,36 +189,23 @@ impl Config {
                 p.add("upstream", "required: the ingestion nodes to forward to");
                 None
             }
-            Some(v) => p
-                .typed::<UpstreamFile>("upstream", v)
-                .and_then(|u| upstream(&mut p, u)),
+            Some(v) => p.typed::<UpstreamFile>("upstream", v).and_then(|u| upstream(&mut p, u)),
         };
         let api_key = section("api_key")
-            .map_or_else(
-                || Some(ApiKeyFile::default()),
-                |v| p.typed::<ApiKeyFile>("api_key", v),
-            )
+            .map_or_else(|| Some(ApiKeyFile::default()), |v| p.typed::<ApiKeyFile>("api_key", v))
             .and_then(|k| api_key(&mut p, k));
         let store = match section("store") {
             None => {
                 p.add("store", "required: exactly one of redis or file");
                 None
             }
-            Some(v) => p
-                .typed::<StoreFile>("store", v)
-                .and_then(|s| store(&mut p, s, base)),
+            Some(v) => p.typed::<StoreFile>("store", v).and_then(|s| store(&mut p, s, base)),
         };
         let cache = section("cache")
-            .map_or_else(
-                || Some(CacheFile::default()),
-                |v| p.typed::<CacheFile>("cache", v),
-            )
+            .map_or_else(|| Some(CacheFile::default()), |v| p.typed::<CacheFile>("cache", v))
             .map(|c| cache(&mut p, c));
         let rate_limit = section("rate_limit")
-            .map_or_else(
-                || Some(RateLimitFile::default()),
-                |v| p.typed::<RateLimitFile>("rate_limit", v),
-            )
+            .map_or_else(|| Some(RateLimitFile::default()), |v| p.typed::<RateLimitFile>("rate_limit", v))
             .map(|r| rate_limit(&mut p, r));
         let trusted_proxies = section("trusted_proxies")
             .and_then(|v| p.typed::<Vec<String>>("trusted_proxies", v))
@@ -238,9 +216,7 @@ impl Config {
             .collect();
 
         match (upstream, api_key, store, cache, rate_limit) {
-            (Some(upstream), Some(api_key), Some(store), Some(cache), Some(rate_limit))
-                if p.is_empty() =>
-            {
+            (Some(upstream), Some(api_key), Some(store), Some(cache), Some(rate_limit)) if p.is_empty() => {
                 Ok(Config {
                     listen,
                     admin_listen,
@@ -276,10 +252,7 @@ fn listener(p: &mut Problems, field: &str, value: &str, base: &Path) -> Option<L
 fn tcp_address(p: &mut Problems, field: &str, value: &str) -> bool {
     let ok = value.parse::<SocketAddr>().is_ok();
     if !ok {
-        p.add(
-            field,
-            format!("`{value}` is not HOST:PORT (an IP address and a port)"),
-        );
+        p.add(field, format!("`{value}` is not HOST:PORT (an IP address and a port)"));
     }
     ok
 }
@@ -293,16 +266,11 @@ fn upstream(p: &mut Problems, u: UpstreamFile) -> Option<UpstreamConfig> {
     for (i, peer) in u.peers.iter().enumerate() {
         match peer.to_socket_addrs().ok().and_then(|mut a| a.next()) {
             Some(addr) => peers.push(addr),
-            None => p.add(
-                &format!("upstream.peers[{i}]"),
-                format!("`{peer}` is not HOST:PORT"),
-            ),
+            None => p.add(&format!("upstream.peers[{i}]"), format!("`{peer}` is not HOST:PORT")),
         }
     }
     let health_check = match u.health_check {
-        None => HealthCheck::Tcp {
-            interval: Duration::from_millis(defaults::health_interval_ms()),
-        },
+        None => HealthCheck::Tcp { interval: Duration::from_millis(defaults::health_interval_ms()) },
         Some(h) => {
             if h.interval_ms == 0 {
                 p.add("upstream.health_check.interval_ms", "must be above 0");
@@ -311,10 +279,7 @@ fn upstream(p: &mut Problems, u: UpstreamFile) -> Option<UpstreamConfig> {
             match (h.kind.as_str(), h.path) {
                 ("tcp", None) => HealthCheck::Tcp { interval },
                 ("tcp", Some(_)) => {
-                    p.add(
-                        "upstream.health_check.path",
-                        "only an http check has a path",
-                    );
+                    p.add("upstream.health_check.path", "only an http check has a path");
                     HealthCheck::Tcp { interval }
                 }
                 ("http", path) => {
@@ -325,19 +290,15 @@ fn upstream(p: &mut Problems, u: UpstreamFile) -> Option<UpstreamConfig> {
                     HealthCheck::Http { path, interval }
                 }
                 (other, _) => {
-                    p.add(
-                        "upstream.health_check.kind",
-                        format!("`{other}` is not tcp or http"),
-                    );
+                    p.add("upstream.health_check.kind", format!("`{other}` is not tcp or http"));
                     HealthCheck::Tcp { interval }
                 }
             }
         }
     };
-    for (field, value) in [
-        ("connect_timeout_ms", u.connect_timeout_ms),
-        ("read_timeout_ms", u.read_timeout_ms),
-    ] {
+    for (field, value) in
+        [("connect_timeout_ms", u.connect_timeout_ms), ("read_timeout_ms", u.read_timeout_ms)]
+    {
         if value == 0 {
             p.add(&format!("upstream.{field}"), "must be above 0");
         }
@@ -373,11 +334,7 @@ fn api_key(p: &mut Problems, k: ApiKeyFile) -> Option<KeyExtractor> {
     if k.max_length == 0 || k.max_length > 4096 {
         p.add("api_key.max_length", "must be between 1 and 4096");
     }
-    (p.len() == before).then_some(KeyExtractor {
-        sources,
-        max_length: k.max_length,
-        forward: k.forward,
-    })
+    (p.len() == before).then_some(KeyExtractor { sources, max_length: k.max_length, forward: k.forward })
 }
 
 fn store(p: &mut Problems, s: StoreFile, base: &Path) -> Option<StoreConfig> {
@@ -394,10 +351,7 @@ fn store(p: &mut Problems, s: StoreFile, base: &Path) -> Option<StoreConfig> {
                 p.add("store.redis.max_inflight", "must be at least 1");
             }
             (p.len() == before).then(|| StoreConfig {
-                backend: StoreBackend::Redis {
-                    url: r.url,
-                    prefix: r.prefix,
-                },
+                backend: StoreBackend::Redis { url: r.url, prefix: r.prefix },
                 timeout: Duration::from_millis(r.timeout_ms),
                 max_inflight: r.max_inflight,
             })
@@ -415,10 +369,7 @@ fn store(p: &mut Problems, s: StoreFile, base: &Path) -> Option<StoreConfig> {
 }
 
 fn cache(p: &mut Problems, c: CacheFile) -> CacheConfig {
-    for (field, value) in [
-        ("capacity", c.capacity),
-        ("negative_capacity", c.negative_capacity),
-    ] {
+    for (field, value) in [("capacity", c.capacity), ("negative_capacity", c.negative_capacity)] {
         if value == 0 {
             p.add(&format!("cache.{field}"), "must be at least 1");
         }
@@ -440,21 +391,13 @@ fn cache(p: &mut Problems, c: CacheFile) -> CacheConfig {
 fn rate_limit(p: &mut Problems, r: RateLimitFile) -> RateLimitConfig {
     let per_key = rate(p, "rate_limit", r.per_second, r.burst);
     let unauthenticated_per_ip = match r.unauthenticated_per_ip {
-        Some(u) => rate(
-            p,
-            "rate_limit.unauthenticated_per_ip",
-            u.per_second,
-            u.burst,
-        ),
+        Some(u) => rate(p, "rate_limit.unauthenticated_per_ip", u.per_second, u.burst),
         None => Rate {
             per_second: defaults::unauthenticated_per_second(),
             burst: defaults::unauthenticated_burst(),
         },
     };
-    RateLimitConfig {
-        per_key,
-        unauthenticated_per_ip,
-    }
+    RateLimitConfig { per_key, unauthenticated_per_ip }
 }
 
 fn rate(p: &mut Problems, field: &str, per_second: f64, burst: u32) -> Rate {
@@ -468,16 +411,11 @@ fn rate(p: &mut Problems, field: &str, per_second: f64, burst: u32) -> Rate {
 }
 
 fn network(p: &mut Problems, field: &str, value: &str) -> Option<IpNet> {
-    let parsed = value
-        .parse::<IpNet>()
-        .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from));
+    let parsed = value.parse::<IpNet>().or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from));
     match parsed {
         Ok(net) => Some(net),
         Err(_) => {
-            p.add(
-                field,
-                format!("`{value}` is not an address or CIDR network"),
-            );
+            p.add(field, format!("`{value}` is not an address or CIDR network"));
             None
         }
     }

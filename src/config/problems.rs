@@ -15,11 +15,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(field: &str, line: Option<usize>, message: impl Into<String>) -> Self {
-        Problem {
-            field: field.to_string(),
-            line,
-            message: message.into(),
-        }
+        Problem { field: field.to_string(), line, message: message.into() }
     }
 }
 
@@ -44,10 +40,7 @@ pub struct ConfigErrors {
 
 impl ConfigErrors {
     pub fn new(path: &Path, problems: Vec<Problem>) -> Self {
-        ConfigErrors {
-            path: path.to_path_buf(),
-            problems,
-        }
+        ConfigErrors { path: path.to_path_buf(), problems }
     }
 
     pub fn single(path: &Path, problem: Problem) -> Self {
@@ -58,12 +51,7 @@ impl ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
-        write!(
-            f,
-            "{}: {count} problem{}",
-            self.path.display(),
-            if count == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{}: {count} problem{}", self.path.display(), if count == 1 { "" } else { "s" })?;
         for problem in &self.problems {
             write!(f, "\n  {}: {problem}", self.path.display())?;
         }
@@ -81,10 +69,7 @@ pub(super) struct Problems<'t> {
 
 impl<'t> Problems<'t> {
     pub fn new(text: &'t str) -> Self {
-        Problems {
-            text,
-            found: Vec::new(),
-        }
+        Problems { text, found: Vec::new() }
     }
 
     pub fn add(&mut self, field: &str, message: impl Into<String>) {
@@ -95,10 +80,7 @@ impl<'t> Problems<'t> {
     /// A serde error inside section `field`: points at the offending sub-field when the message
     /// names one (``unknown field `x` ``, ``missing field `x` ``).
     pub fn add_shape_error(&mut self, field: &str, message: &str) {
-        let named = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.contains("field `"));
+        let named = message.split('`').nth(1).filter(|_| message.contains("field `"));
         let line = named
             .and_then(|sub| line_of(self.text, &format!("{field}.{sub}")))
             .or_else(|| line_of(self.text, field));
@@ -142,10 +124,7 @@ fn line_of(text: &str, field: &str) -> Option<usize> {
                 break; // left the enclosing section
             }
             let key = stripped.trim_start_matches("- ");
-            if key
-                .strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(':'))
-            {
+            if key.strip_prefix(name).is_some_and(|rest| rest.starts_with(':')) {
                 hit = Some((n, depth));
                 break;
             }

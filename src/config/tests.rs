@@ -14,35 +14,15 @@ fn fields(problems: &[Problem]) -> Vec<&str> {
 #[test]
 fn a_minimal_file_gets_the_contracts_defaults() {
     let c = parse(MINIMAL).unwrap();
-    assert_eq!(
-        c.store.backend,
-        StoreBackend::File("/etc/keygate/keys.yaml".into())
-    );
+    assert_eq!(c.store.backend, StoreBackend::File("/etc/keygate/keys.yaml".into()));
     assert_eq!(c.cache.ttl, Duration::from_secs(300));
     assert_eq!(c.cache.negative_ttl, Duration::from_secs(60));
     assert_eq!(c.cache.stale, Duration::from_secs(86_400));
-    assert_eq!(
-        c.rate_limit.per_key,
-        Rate {
-            per_second: 100.0,
-            burst: 200
-        }
-    );
-    assert_eq!(
-        c.rate_limit.unauthenticated_per_ip,
-        Rate {
-            per_second: 10.0,
-            burst: 20
-        }
-    );
+    assert_eq!(c.rate_limit.per_key, Rate { per_second: 100.0, burst: 200 });
+    assert_eq!(c.rate_limit.unauthenticated_per_ip, Rate { per_second: 10.0, burst: 20 });
     assert_eq!(c.api_key.max_length, 128);
     assert_eq!(c.api_key.sources.len(), 2);
-    assert_eq!(
-        c.upstream.health_check,
-        HealthCheck::Tcp {
-            interval: Duration::from_secs(1)
-        }
-    );
+    assert_eq!(c.upstream.health_check, HealthCheck::Tcp { interval: Duration::from_secs(1) });
 }
 
 #[test]
@@ -75,17 +55,11 @@ rate_limit:
 trusted_proxies: [127.0.0.1/32, "::1/128"]
 "#;
     let c = parse(text).unwrap();
-    assert_eq!(
-        c.listen[1],
-        Listener::Unix("/run/keygate/keygate.sock".into())
-    );
+    assert_eq!(c.listen[1], Listener::Unix("/run/keygate/keygate.sock".into()));
     assert_eq!(c.store.max_inflight, 64);
     assert_eq!(
         c.upstream.health_check,
-        HealthCheck::Http {
-            path: "/health".into(),
-            interval: Duration::from_secs(1)
-        }
+        HealthCheck::Http { path: "/health".into(), interval: Duration::from_secs(1) }
     );
 }
 
@@ -94,22 +68,12 @@ fn every_problem_is_reported_at_once_with_its_line() {
     let text = "listen: [nowhere]\nupstream:\n  peers: []\nstore:\n  file: k.yaml\n  redis: {url: 'redis://x'}\ncache:\n  ttl_s: 0\n  capacit: 5\nrate_limit:\n  per_second: -1\nbogus: 1\n";
     let problems = parse(text).unwrap_err();
     let f = fields(&problems);
-    for expected in [
-        "listen[0]",
-        "upstream.peers",
-        "store",
-        "cache.capacit",
-        "rate_limit.per_second",
-        "bogus",
-    ] {
+    for expected in
+        ["listen[0]", "upstream.peers", "store", "cache.capacit", "rate_limit.per_second", "bogus"]
+    {
         assert!(f.contains(&expected), "{expected} missing from {f:?}");
     }
-    let line = |field: &str| {
-        problems
-            .iter()
-            .find(|p| p.field == field)
-            .and_then(|p| p.line)
-    };
+    let line = |field: &str| problems.iter().find(|p| p.field == field).and_then(|p| p.line);
     assert_eq!(line("listen[0]"), Some(1));
     assert_eq!(line("cache.capacit"), Some(9));
     assert_eq!(line("rate_limit.per_second"), Some(11));
@@ -129,10 +93,7 @@ fn required_sections_are_named_when_absent() {
 fn a_source_names_exactly_one_place() {
     let text = format!("{MINIMAL}api_key:\n  sources: [{{header: A, query: b}}, {{}}]\n");
     let problems = parse(&text).unwrap_err();
-    assert_eq!(
-        fields(&problems),
-        ["api_key.sources[0]", "api_key.sources[1]"]
-    );
+    assert_eq!(fields(&problems), ["api_key.sources[0]", "api_key.sources[1]"]);
 }
 
 #[test]

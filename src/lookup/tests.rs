@@ -14,18 +14,8 @@ fn lookup(store: Arc<MemoryStore>, max_inflight: usize) -> Arc<KeyLookup> {
         negative_ttl: Duration::from_secs(60),
         stale: Duration::from_secs(3600),
     });
-    let rate = Rate {
-        per_second: 100.0,
-        burst: 100,
-    };
-    Arc::new(KeyLookup::new(
-        cache,
-        store,
-        TIMEOUT,
-        max_inflight,
-        rate,
-        Arc::new(Metrics::new()),
-    ))
+    let rate = Rate { per_second: 100.0, burst: 100 };
+    Arc::new(KeyLookup::new(cache, store, TIMEOUT, max_inflight, rate, Arc::new(Metrics::new())))
 }
 
 fn id(name: &str) -> KeyId {
@@ -126,10 +116,7 @@ async fn a_known_key_is_served_stale_while_the_store_is_down() {
     // One background refresh, then it waits a second before the next.
     assert_eq!(store.fetch_count(), 2);
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert!(
-        l.cached(&id("k")).is_none(),
-        "past stale_s the key is no longer vouched for"
-    );
+    assert!(l.cached(&id("k")).is_none(), "past stale_s the key is no longer vouched for");
 }
 
 #[tokio::test(start_paused = true)]
@@ -144,13 +131,7 @@ async fn an_announcement_during_a_query_keeps_its_answer_out_of_the_negative_cac
     tokio::time::sleep(Duration::from_millis(5)).await;
     store.insert(id("new"), KeyRecord::active("a"));
     l.announce(Announcement::Key(id("new")));
-    assert!(
-        is_unknown(&ask.await.unwrap()),
-        "the query began before the key existed"
-    );
-    assert!(
-        l.cached(&id("new")).is_none(),
-        "but its answer is not remembered"
-    );
+    assert!(is_unknown(&ask.await.unwrap()), "the query began before the key existed");
+    assert!(l.cached(&id("new")).is_none(), "but its answer is not remembered");
     assert!(is_known(&l.fetch(id("new")).await));
 }

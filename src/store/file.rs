@@ -43,10 +43,7 @@ pub struct FileStore {
 impl FileStore {
     pub fn open(path: &Path) -> Result<Self, String> {
         let records = read_keys(path)?;
-        Ok(FileStore {
-            path: path.to_path_buf(),
-            records: RwLock::new(Arc::new(records)),
-        })
+        Ok(FileStore { path: path.to_path_buf(), records: RwLock::new(Arc::new(records)) })
     }
 
     /// Re-reads the file; on error the keys already loaded stay.
@@ -68,10 +65,8 @@ impl FileStore {
 
 /// Reads and checks a key file, naming the entry of every problem.
 pub fn read_keys(path: &Path) -> Result<HashMap<KeyId, KeyRecord>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let file: KeyFile =
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let file: KeyFile = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut records = HashMap::with_capacity(file.keys.len());
     let mut problems = Vec::new();
     for (i, entry) in file.keys.into_iter().enumerate() {
@@ -81,9 +76,7 @@ pub fn read_keys(path: &Path) -> Result<HashMap<KeyId, KeyRecord>, String> {
             _ => None,
         };
         let Some(id) = id else {
-            problems.push(format!(
-                "keys[{i}]: exactly one of `key` or `id` (64 hex digits) is required"
-            ));
+            problems.push(format!("keys[{i}]: exactly one of `key` or `id` (64 hex digits) is required"));
             continue;
         };
         let record = KeyRecord {
@@ -109,12 +102,7 @@ pub fn read_keys(path: &Path) -> Result<HashMap<KeyId, KeyRecord>, String> {
 #[async_trait]
 impl KeyStore for FileStore {
     async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self
-            .records
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned())
+        Ok(self.records.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -137,17 +125,10 @@ mod tests {
         )
         .unwrap();
         let store = FileStore::open(&path).unwrap();
-        let first = store
-            .fetch(&ApiKey::from_cli("first").id())
-            .await
-            .unwrap()
-            .unwrap();
+        let first = store.fetch(&ApiKey::from_cli("first").id()).await.unwrap().unwrap();
         assert_eq!((&*first.app, first.rate), ("a", Some(5.0)));
         assert_eq!(&*store.fetch(&id).await.unwrap().unwrap().app, "b");
-        assert_eq!(
-            store.fetch(&ApiKey::from_cli("third").id()).await.unwrap(),
-            None
-        );
+        assert_eq!(store.fetch(&ApiKey::from_cli("third").id()).await.unwrap(), None);
     }
 
     #[test]

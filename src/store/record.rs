@@ -36,13 +36,7 @@ pub enum RecordError {
 impl KeyRecord {
     /// An active record for `app` with the config's limits.
     pub fn active(app: &str) -> Self {
-        KeyRecord {
-            app: app.into(),
-            status: "active".into(),
-            rate: None,
-            burst: None,
-            expires: None,
-        }
+        KeyRecord { app: app.into(), status: "active".into(), rate: None, burst: None, expires: None }
     }
 
     /// Builds a record from a Redis hash's fields.
@@ -53,26 +47,13 @@ impl KeyRecord {
             .map(|v| v.parse::<f64>().map_err(|_| RecordError::BadNumber("rate")))
             .transpose()?;
         let burst = field("burst")
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|_| RecordError::BadNumber("burst"))
-            })
+            .map(|v| v.parse::<u32>().map_err(|_| RecordError::BadNumber("burst")))
             .transpose()?;
         let expires = field("expires")
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| RecordError::BadNumber("expires"))
-            })
+            .map(|v| v.parse::<u64>().map_err(|_| RecordError::BadNumber("expires")))
             .transpose()?;
         let status = fields.get("status").map_or("active", |s| s.as_str());
-        KeyRecord {
-            app: app.as_str().into(),
-            status: status.into(),
-            rate,
-            burst,
-            expires,
-        }
-        .checked()
+        KeyRecord { app: app.as_str().into(), status: status.into(), rate, burst, expires }.checked()
     }
 
     /// Checks what serde cannot: the app's length and the numbers' ranges.
@@ -91,18 +72,12 @@ impl KeyRecord {
 
     /// Stands in for a record that breaks the data model: the key exists but is not usable.
     pub fn invalid() -> Self {
-        KeyRecord {
-            status: "invalid-record".into(),
-            ..KeyRecord::active("-")
-        }
+        KeyRecord { status: "invalid-record".into(), ..KeyRecord::active("-") }
     }
 
     /// The fields to write for this record (the CLI's `keys add`).
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![
-            ("app", self.app.to_string()),
-            ("status", self.status.to_string()),
-        ];
+        let mut fields = vec![("app", self.app.to_string()), ("status", self.status.to_string())];
         fields.extend(self.rate.map(|r| ("rate", r.to_string())));
         fields.extend(self.burst.map(|b| ("burst", b.to_string())));
         fields.extend(self.expires.map(|e| ("expires", e.to_string())));
@@ -121,9 +96,7 @@ impl KeyRecord {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -131,10 +104,7 @@ mod tests {
     use super::*;
 
     fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -162,29 +132,12 @@ mod tests {
 
     #[test]
     fn broken_records_are_errors() {
-        assert_eq!(
-            KeyRecord::from_fields(&fields(&[("rate", "1")])),
-            Err(RecordError::MissingApp)
-        );
-        assert_eq!(
-            KeyRecord::from_fields(&fields(&[("app", "")])),
-            Err(RecordError::BadApp)
-        );
+        assert_eq!(KeyRecord::from_fields(&fields(&[("rate", "1")])), Err(RecordError::MissingApp));
+        assert_eq!(KeyRecord::from_fields(&fields(&[("app", "")])), Err(RecordError::BadApp));
         let long = "x".repeat(129);
-        assert_eq!(
-            KeyRecord::from_fields(&fields(&[("app", &long)])),
-            Err(RecordError::BadApp)
-        );
-        for (field, bad) in [
-            ("rate", "fast"),
-            ("rate", "0"),
-            ("burst", "-1"),
-            ("expires", "soon"),
-        ] {
-            assert!(
-                KeyRecord::from_fields(&fields(&[("app", "a"), (field, bad)])).is_err(),
-                "{field}={bad}"
-            );
+        assert_eq!(KeyRecord::from_fields(&fields(&[("app", &long)])), Err(RecordError::BadApp));
+        for (field, bad) in [("rate", "fast"), ("rate", "0"), ("burst", "-1"), ("expires", "soon")] {
+            assert!(KeyRecord::from_fields(&fields(&[("app", "a"), (field, bad)])).is_err(), "{field}={bad}");
         }
     }
 }

@@ -27,12 +27,8 @@ impl RedisStore {
             .set_response_timeout(Some(timeout.max(Duration::from_secs(1))))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(unreachable)?;
-        Ok(RedisStore {
-            connection,
-            prefix: prefix.to_string(),
-        })
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(unreachable)?;
+        Ok(RedisStore { connection, prefix: prefix.to_string() })
     }
 
     pub fn record_key(prefix: &str, id: &KeyId) -> String {
@@ -64,9 +60,6 @@ impl KeyStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(unreachable)
+        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(unreachable)
     }
 }

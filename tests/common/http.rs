@@ -14,10 +14,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -33,10 +30,7 @@ impl Response {
 
     /// `Retry-After` as whole seconds; panics when absent or not a number.
     pub fn retry_after(&self) -> u64 {
-        self.header("retry-after")
-            .expect("Retry-After")
-            .parse()
-            .expect("whole seconds")
+        self.header("retry-after").expect("Retry-After").parse().expect("whole seconds")
     }
 }
 
@@ -50,9 +44,7 @@ impl Connection {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        Ok(Connection {
-            reader: BufReader::new(stream),
-        })
+        Ok(Connection { reader: BufReader::new(stream) })
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<Response> {
@@ -83,16 +75,9 @@ impl Connection {
     fn read_response(&mut self) -> std::io::Result<Response> {
         let mut status_line = String::new();
         if self.reader.read_line(&mut status_line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
         }
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         let mut headers = Vec::new();
         loop {
             let mut line = String::new();
@@ -128,24 +113,16 @@ impl Connection {
             body.resize(length, 0);
             self.reader.read_exact(&mut body)?;
         }
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        Ok(Response { status, headers, body })
     }
 
     /// Whether the server closed the connection (a read finds end of stream).
     pub fn is_closed(&mut self) -> bool {
         let stream = self.reader.get_mut();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let mut byte = [0u8; 1];
         let closed = matches!(stream.read(&mut byte), Ok(0));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         closed
     }
 }

@@ -19,11 +19,7 @@ use std::time::{Duration, Instant};
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Retries `check` until it holds or `within` passes; the time it took.
@@ -39,11 +35,7 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<D
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -{name} {pid}");
 }
 
@@ -58,11 +50,7 @@ pub struct Redis {
 impl Redis {
     pub fn start() -> Redis {
         let dir = tempfile::tempdir().unwrap();
-        let mut redis = Redis {
-            port: free_port(),
-            child: None,
-            _dir: dir,
-        };
+        let mut redis = Redis { port: free_port(), child: None, _dir: dir };
         redis.spawn();
         redis
     }
@@ -96,9 +84,7 @@ impl Redis {
 
     fn try_connection(&self) -> Option<redis::Connection> {
         let client = redis::Client::open(self.url()).ok()?;
-        let mut con = client
-            .get_connection_with_timeout(Duration::from_millis(500))
-            .ok()?;
+        let mut con = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
         redis::cmd("PING").query::<String>(&mut con).ok()?;
         Some(con)
     }
@@ -111,10 +97,7 @@ impl Redis {
     pub fn put_key(&self, key: &str, fields: &[(&str, &str)]) {
         let id = keygate::key::ApiKey::from_cli(key).id().to_hex();
         let mut con = self.connection();
-        let _: () = redis::cmd("DEL")
-            .arg(format!("keygate:key:{id}"))
-            .query(&mut con)
-            .unwrap();
+        let _: () = redis::cmd("DEL").arg(format!("keygate:key:{id}")).query(&mut con).unwrap();
         let mut hset = redis::cmd("HSET");
         hset.arg(format!("keygate:key:{id}"));
         for (field, value) in fields {
@@ -125,19 +108,13 @@ impl Redis {
 
     pub fn announce(&self, key: &str) {
         let id = keygate::key::ApiKey::from_cli(key).id().to_hex();
-        let _: () = redis::cmd("PUBLISH")
-            .arg("keygate:invalidate")
-            .arg(id)
-            .query(&mut self.connection())
-            .unwrap();
+        let _: () =
+            redis::cmd("PUBLISH").arg("keygate:invalidate").arg(id).query(&mut self.connection()).unwrap();
     }
 
     /// How many key lookups (HGETALL) Redis has served, by its own count.
     pub fn reads(&self) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.connection())
-            .unwrap();
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut self.connection()).unwrap();
         info.lines()
             .find_map(|l| l.strip_prefix("cmdstat_hgetall:calls="))
             .and_then(|rest| rest.split(',').next()?.parse().ok())
@@ -145,18 +122,12 @@ impl Redis {
     }
 
     pub fn reset_stats(&self) {
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query(&mut self.connection())
-            .unwrap();
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut self.connection()).unwrap();
     }
 
     /// Every key Redis holds.
     pub fn keys(&self) -> Vec<String> {
-        redis::cmd("KEYS")
-            .arg("*")
-            .query(&mut self.connection())
-            .unwrap()
+        redis::cmd("KEYS").arg("*").query(&mut self.connection()).unwrap()
     }
 
     pub fn freeze(&self) {
@@ -184,10 +155,7 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
         }
         self.kill();
     }
@@ -281,13 +249,7 @@ impl Gateway {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let gateway = Gateway {
-            addr,
-            admin,
-            child,
-            log,
-            dir,
-        };
+        let gateway = Gateway { addr, admin, child, log, dir };
         let up = eventually(Duration::from_secs(20), || {
             http::get(gateway.admin, "/healthz").is_ok_and(|r| r.status == 200)
                 && std::net::TcpStream::connect(gateway.addr).is_ok()
@@ -311,10 +273,7 @@ impl Gateway {
 
     /// The value of one series, e.g. `keygate_requests_total{outcome="forwarded"}`.
     pub fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        self.metrics().lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
     }
 
     /// The value of `series` once it reaches `expected` (counted in `logging`, just after the
