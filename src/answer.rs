@@ -6,7 +6,7 @@
 //! costs several times the work. A body past the bound (in size or time) is not waited for;
 //! that connection is closed instead.
 
-use crate::limit::RetryAfter;
+use crate::limit::Limited;
 use crate::metrics::Outcome;
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
@@ -27,7 +27,7 @@ pub enum Rejection {
     MalformedKey,
     UnknownKey,
     DisabledKey,
-    RateLimited(RetryAfter),
+    RateLimited(Limited),
     StoreUnavailable,
     Overloaded,
 }
@@ -69,7 +69,7 @@ impl Rejection {
 
     pub fn retry_after(self) -> Option<u64> {
         match self {
-            Rejection::RateLimited(RetryAfter(seconds)) => Some(seconds),
+            Rejection::RateLimited(limited) => Some(limited.retry_after),
             Rejection::StoreUnavailable | Rejection::Overloaded => Some(RETRY_AFTER_UNAVAILABLE),
             _ => None,
         }
@@ -82,6 +82,12 @@ impl Rejection {
         let _ = header.insert_header("Content-Length", body.len());
         if let Some(seconds) = self.retry_after() {
             let _ = header.insert_header("Retry-After", seconds);
+        }
+        // The IETF RateLimit header fields draft: what the limit is and when it resets.
+        if let Rejection::RateLimited(limited) = self {
+            let _ = header.insert_header("RateLimit-Limit", limited.burst);
+            let _ = header.insert_header("RateLimit-Remaining", 0);
+            let _ = header.insert_header("RateLimit-Reset", limited.retry_after);
         }
         header
     }
@@ -135,7 +141,7 @@ mod tests {
             (Rejection::MalformedKey, 401, "malformed_api_key", None),
             (Rejection::UnknownKey, 403, "unknown_api_key", None),
             (Rejection::DisabledKey, 403, "disabled_api_key", None),
-            (Rejection::RateLimited(RetryAfter(3)), 429, "rate_limited", Some(3)),
+            (Rejection::RateLimited(Limited { retry_after: 3, burst: 9 }), 429, "rate_limited", Some(3)),
             (Rejection::StoreUnavailable, 503, "key_store_unavailable", Some(1)),
             (Rejection::Overloaded, 503, "overloaded", Some(1)),
         ];
@@ -146,6 +152,7 @@ mod tests {
             let header = rejection.response_header();
             assert_eq!(header.headers["content-type"], "application/json");
             assert_eq!(header.headers.get("retry-after").is_some(), retry_after.is_some());
+            assert_eq!(header.headers.get("ratelimit-limit").is_some(), status == 429);
         }
     }
 }

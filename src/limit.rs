@@ -7,19 +7,26 @@
 use crate::config::Rate;
 use crate::store::KeyRecord;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long until a limited client may try again, in whole seconds (at least 1).
+/// A refusal by a limiter: what the 429's `Retry-After` and `RateLimit-*` headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryAfter(pub u64);
+pub struct Limited {
+    /// Whole seconds until a request would be allowed again (at least 1).
+    pub retry_after: u64,
+    /// The limit's burst: the most requests it allows at once.
+    pub burst: u32,
+}
 
-impl RetryAfter {
-    fn from_wait(wait: Duration) -> Self {
-        RetryAfter(wait.as_secs_f64().ceil().max(1.0) as u64)
+impl Limited {
+    fn after(wait: Duration, rate: Rate) -> Self {
+        Limited { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64, burst: rate.burst }
     }
 }
 
@@ -40,10 +47,10 @@ impl KeyLimiter {
         KeyLimiter { rate, limiter: DefaultDirectRateLimiter::direct(quota(rate)) }
     }
 
-    pub fn check(&self) -> Result<(), RetryAfter> {
+    pub fn check(&self) -> Result<(), Limited> {
         self.limiter
             .check()
-            .map_err(|until| RetryAfter::from_wait(until.wait_time_from(DefaultClock::default().now())))
+            .map_err(|until| Limited::after(until.wait_time_from(DefaultClock::default().now()), self.rate))
     }
 }
 
@@ -69,29 +76,39 @@ impl Grant {
     }
 }
 
-/// The per-address limit on requests that carry no usable key.
-pub struct IpLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+/// The per-address limit on requests that carry no usable key. The clock is a parameter so
+/// tests can move time by hand.
+pub struct IpLimiter<C: Clock = DefaultClock> {
+    limiter: RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
+    rate: Rate,
 }
 
 impl IpLimiter {
     pub fn new(rate: Rate) -> Self {
-        IpLimiter { limiter: DefaultKeyedRateLimiter::keyed(quota(rate)) }
+        IpLimiter::with_clock(rate, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> IpLimiter<C> {
+    pub fn with_clock(rate: Rate, clock: C) -> Self {
+        IpLimiter { limiter: RateLimiter::dashmap_with_clock(quota(rate), clock), rate }
     }
 
-    pub fn check(&self, client: IpAddr) -> Result<(), RetryAfter> {
+    pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
         self.limiter
             .check_key(&client)
-            .map_err(|until| RetryAfter::from_wait(until.wait_time_from(self.limiter.clock().now())))
+            .map_err(|until| Limited::after(until.wait_time_from(self.limiter.clock().now()), self.rate))
     }
 
-    /// Forgets addresses whose state is back to a full burst; called periodically so that a
-    /// scan from many addresses cannot grow memory without bound.
+    /// Forgets addresses whose state is back to a full burst (an idle address costs nothing to
+    /// forget); called periodically so that requests from ever new addresses cannot grow memory
+    /// without bound.
     pub fn forget_idle(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
 
+    /// Addresses with limiter state.
     pub fn len(&self) -> usize {
         self.limiter.len()
     }
@@ -111,10 +128,10 @@ mod tests {
         for _ in 0..3 {
             assert!(limiter.check().is_ok());
         }
-        assert_eq!(limiter.check(), Err(RetryAfter(2)));
+        assert_eq!(limiter.check(), Err(Limited { retry_after: 2, burst: 3 }));
         let fast = KeyLimiter::new(Rate { per_second: 1000.0, burst: 1 });
         assert!(fast.check().is_ok());
-        assert_eq!(fast.check(), Err(RetryAfter(1)));
+        assert_eq!(fast.check(), Err(Limited { retry_after: 1, burst: 1 }));
     }
 
     #[test]
@@ -139,5 +156,26 @@ mod tests {
         assert!(limiter.check(a).is_err());
         assert!(limiter.check(b).is_ok());
         assert_eq!(limiter.len(), 2);
+    }
+
+    #[test]
+    fn idle_addresses_are_forgotten_and_busy_ones_kept() {
+        use governor::clock::FakeRelativeClock;
+        let clock = FakeRelativeClock::default();
+        let limiter = IpLimiter::with_clock(Rate { per_second: 1.0, burst: 2 }, clock.clone());
+        for n in 0..1000u32 {
+            let _ = limiter.check(IpAddr::from(n.to_be_bytes()));
+        }
+        let busy: IpAddr = "10.9.9.9".parse().unwrap();
+        assert!(limiter.check(busy).is_ok() && limiter.check(busy).is_ok());
+        assert_eq!(limiter.len(), 1001);
+        clock.advance(Duration::from_millis(1500));
+        // The single-request addresses are back to a full burst; the busy one is not yet.
+        limiter.forget_idle();
+        assert_eq!(limiter.len(), 1);
+        assert!(limiter.check(busy).is_err(), "the busy address kept its state");
+        clock.advance(Duration::from_secs(3));
+        limiter.forget_idle();
+        assert!(limiter.is_empty());
     }
 }
