@@ -129,6 +129,11 @@ impl KeyCache {
     /// again (still serving it meanwhile).
     pub fn distrust_all(&self) {
         self.unknown.clear();
+        self.reconfirm_known();
+    }
+
+    /// Every known entry is served stale until confirmed again (e.g. after its limits changed).
+    pub fn reconfirm_known(&self) {
         self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 

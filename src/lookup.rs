@@ -15,7 +15,7 @@ use crate::metrics::{CacheResult, Metrics, StoreResult};
 use crate::store::KeyStore;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -53,7 +53,9 @@ pub struct KeyLookup {
     flights: Mutex<HashMap<KeyId, Flight>>,
     /// Counts announcements, so a query can tell whether one arrived while it was in flight.
     announcements: AtomicU64,
-    default_rate: Rate,
+    /// The per-key limit for records that set none; read when a record is fetched, never on
+    /// the hit path.
+    default_rate: RwLock<Rate>,
     metrics: Arc<Metrics>,
 }
 
@@ -73,7 +75,7 @@ impl KeyLookup {
             permits: Semaphore::new(max_inflight),
             flights: Mutex::new(HashMap::new()),
             announcements: AtomicU64::new(0),
-            default_rate,
+            default_rate: RwLock::new(default_rate),
             metrics,
         }
     }
@@ -152,7 +154,8 @@ impl KeyLookup {
         match answer {
             Ok(Ok(Some(record))) => {
                 let previous = self.cache.grant_of(&id);
-                let grant = Arc::new(Grant::new(record, self.default_rate, previous.as_deref()));
+                let default_rate = *self.default_rate.read().unwrap_or_else(|e| e.into_inner());
+                let grant = Arc::new(Grant::new(record, default_rate, previous.as_deref()));
                 self.cache.remember_known(id, Arc::clone(&grant), doubtful);
                 Ok(Verdict::Known(grant))
             }
@@ -168,6 +171,16 @@ impl KeyLookup {
                 Err(LookupError::Unavailable)
             }
             Err(_) => Err(LookupError::Unavailable),
+        }
+    }
+
+    /// A new default per-key limit (a reload). Known keys are confirmed again in the background
+    /// and pick it up then; a key whose effective limit did not change keeps its limiter state.
+    pub fn set_default_rate(&self, rate: Rate) {
+        let mut current = self.default_rate.write().unwrap_or_else(|e| e.into_inner());
+        if *current != rate {
+            *current = rate;
+            self.cache.reconfirm_known();
         }
     }
 

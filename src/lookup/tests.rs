@@ -135,3 +135,28 @@ async fn an_announcement_during_a_query_keeps_its_answer_out_of_the_negative_cac
     assert!(l.cached(&id("new")).is_none(), "but its answer is not remembered");
     assert!(is_known(&l.fetch(id("new")).await));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_default_limit_reaches_keys_that_use_it_and_spares_the_others() {
+    let store = Arc::new(MemoryStore::default());
+    store.insert(id("default"), KeyRecord::active("a"));
+    store.insert(id("own"), KeyRecord { rate: Some(7.0), burst: Some(7), ..KeyRecord::active("a") });
+    let l = lookup(store.clone(), 8);
+    let grant = |name: &str| match l.cache.grant_of(&id(name)) {
+        Some(g) => g,
+        None => panic!("{name} not cached"),
+    };
+    l.fetch(id("default")).await.unwrap();
+    l.fetch(id("own")).await.unwrap();
+    let (before_default, before_own) = (grant("default"), grant("own"));
+
+    l.set_default_rate(Rate { per_second: 1.0, burst: 1 });
+    // Served as known meanwhile, and refreshed in the background.
+    assert!(matches!(l.cached(&id("default")), Some(Verdict::Known(_))));
+    assert!(matches!(l.cached(&id("own")), Some(Verdict::Known(_))));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(store.fetch_count(), 4);
+    assert!(!Arc::ptr_eq(&before_default.limiter, &grant("default").limiter), "the new limit applies");
+    assert!(grant("default").limiter.check().is_ok() && grant("default").limiter.check().is_err());
+    assert!(Arc::ptr_eq(&before_own.limiter, &grant("own").limiter), "an unchanged limit keeps its state");
+}
