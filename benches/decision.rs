@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use keygate::cache::KeyCache;
 use keygate::config::{CacheConfig, Rate};
 use keygate::extract::{Extracted, KeyExtractor, KeySource};
+use keygate::filter::{Bloom, FilterConfig, KeyFilter};
 use keygate::key::ApiKey;
 use keygate::lookup::{KeyLookup, Verdict};
 use keygate::metrics::Metrics;
@@ -34,8 +35,15 @@ fn setup() -> (KeyExtractor, Arc<KeyLookup>) {
     });
     // A rate no benchmark loop reaches, so every check is the allowed path.
     let rate = Rate { per_second: 1e9, burst: 1_000_000_000 };
-    let lookup =
-        Arc::new(KeyLookup::new(cache, store, Duration::from_secs(1), 64, rate, Arc::new(Metrics::new())));
+    let lookup = Arc::new(KeyLookup::new(
+        cache,
+        KeyFilter::new(FilterConfig::default()),
+        store,
+        Duration::from_secs(1),
+        64,
+        rate,
+        Arc::new(Metrics::new()),
+    ));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         lookup.fetch(ApiKey::from_cli("bench-known-key-0001").id()).await.unwrap();
@@ -82,5 +90,32 @@ fn decision(c: &mut Criterion) {
     c.bench_function("stage/cache_lookup", |b| b.iter(|| lookup.cached(black_box(&id)).is_some()));
 }
 
-criterion_group!(benches, decision);
+/// The membership filter at a million keys: a lookup, present and absent, and its size.
+fn filter(c: &mut Criterion) {
+    let keys = 1_000_000;
+    let ids: Vec<_> = (0..keys * 2).map(|n| ApiKey::from_cli(&format!("filter-key-{n}")).id()).collect();
+    let bloom = Bloom::new(keys, FilterConfig::default().bits_per_key);
+    ids[..keys].iter().for_each(|id| bloom.insert(id));
+    let false_positives = ids[keys..].iter().filter(|id| bloom.contains(id)).count();
+    eprintln!(
+        "filter at {keys} keys: {:.2} bytes per key, false-positive rate {:.3}%",
+        bloom.bytes() as f64 / keys as f64,
+        false_positives as f64 * 100.0 / keys as f64
+    );
+    let mut n = 0;
+    c.bench_function("filter/contains_present", |b| {
+        b.iter(|| {
+            n = (n + 7919) % keys;
+            bloom.contains(black_box(&ids[n]))
+        })
+    });
+    c.bench_function("filter/contains_absent", |b| {
+        b.iter(|| {
+            n = (n + 7919) % keys;
+            bloom.contains(black_box(&ids[keys + n]))
+        })
+    });
+}
+
+criterion_group!(benches, decision, filter);
 criterion_main!(benches);

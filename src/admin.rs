@@ -27,6 +27,11 @@ impl Admin {
         let cache = &gateway.lookup.cache;
         metrics.cache_entries.with_label_values(&["positive"]).set(cache.known_len() as i64);
         metrics.cache_entries.with_label_values(&["negative"]).set(cache.unknown_len() as i64);
+        let (keys, bytes, age) = gateway.lookup.filter.stats();
+        metrics.filter_keys.set(keys as i64);
+        metrics.filter_bytes.set(bytes as i64);
+        metrics.filter_age_seconds.set(age.unwrap_or(0.0));
+        metrics.filter_trusted.set(gateway.lookup.filter.is_trusted() as i64);
         for (peer, healthy) in gateway.upstreams.health() {
             metrics.upstream_healthy.with_label_values(&[&peer.to_string()]).set(healthy as i64);
         }

@@ -4,6 +4,7 @@
 use crate::cache::KeyCache;
 use crate::client_ip::ClientAddress;
 use crate::config::{Config, StoreBackend};
+use crate::filter::{self, KeyFilter};
 use crate::invalidate;
 use crate::limit::IpLimiter;
 use crate::lookup::KeyLookup;
@@ -62,16 +63,29 @@ impl Gateway {
         };
         let lookup = Arc::new(KeyLookup::new(
             KeyCache::new(&config.cache),
+            KeyFilter::new(config.filter),
             store,
             config.store.timeout,
             config.store.max_inflight,
             config.rate_limit.per_key,
             Arc::clone(&metrics),
         ));
-        if let StoreBackend::Redis { url, prefix } = &config.store.backend {
-            let client = redis::Client::open(url.as_str())?;
-            let channel = format!("{prefix}invalidate");
-            tasks.spawn(invalidate::listen(client, channel, Arc::clone(&lookup), Arc::clone(&subscribed)));
+        match &config.store.backend {
+            StoreBackend::Redis { url, prefix } => {
+                let client = redis::Client::open(url.as_str())?;
+                let channel = format!("{prefix}invalidate");
+                tasks.spawn(invalidate::listen(
+                    client,
+                    channel,
+                    Arc::clone(&lookup),
+                    Arc::clone(&subscribed),
+                ));
+            }
+            // The file is the whole truth, changed only by a reload: nothing can be missed.
+            StoreBackend::File(_) => lookup.filter.channel_resumed(),
+        }
+        if config.filter.enabled {
+            tasks.spawn(filter::rebuild::maintain(Arc::clone(&lookup), Arc::clone(&metrics)));
         }
         let ip_limiter = Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip));
         let idle = Arc::clone(&ip_limiter);

@@ -44,6 +44,7 @@ pub async fn listen(
                 logged_down = false;
                 let reason = follow(pubsub, &lookup).await;
                 subscribed.store(false, Ordering::SeqCst);
+                lookup.announcements_lost();
                 log::warn!("invalidation subscription lost ({reason}); subscribing again");
             }
             Err(e) if !logged_down => {

@@ -58,6 +58,10 @@ impl KeyId {
         Some(KeyId(bytes))
     }
 
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The id as the contract writes it: 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)

@@ -10,7 +10,8 @@
 //!
 //! - [`extract`]: where the key comes from (headers, query), and what is malformed.
 //! - [`key`]: the [`key::ApiKey`] that cannot print itself, and the [`key::KeyId`] it is known by.
-//! - [`lookup`]: what the cache ([`cache`]) or else the store ([`store`]) says about a key id.
+//! - [`lookup`]: what the cache ([`cache`]), the membership filter ([`filter`]) or else the
+//!   store ([`store`]) says about a key id.
 //! - [`limit`]: per-key and per-IP rate limits; [`client_ip`] says whose IP.
 //! - [`answer`]: the gateway's own rejections, as the contract's table says.
 //! - [`upstream`]: which ingestion node a forwarded request goes to.
@@ -28,6 +29,7 @@ pub mod client_ip;
 pub mod config;
 pub mod demo_upstream;
 pub mod extract;
+pub mod filter;
 pub mod gateway;
 pub mod invalidate;
 pub mod key;

@@ -5,16 +5,19 @@
 //! - at most `max_inflight` queries at once; beyond that a lookup is shed as `Overloaded`;
 //! - every query is bounded by `timeout`, and an error or timeout is never cached as unknown;
 //! - an announcement that arrives while a query is in flight makes its answer doubtful: a
-//!   doubtful "unknown" is not cached, a doubtful "known" is checked again on next use.
+//!   doubtful "unknown" is not cached, a doubtful "known" is checked again on next use;
+//! - a key id outside the trusted membership filter ([`crate::filter`]) is unknown without a
+//!   query, but only while the store is answering: during an outage every uncached key is a 503.
 
 use crate::cache::{Cached, KeyCache};
 use crate::config::Rate;
+use crate::filter::KeyFilter;
 use crate::key::KeyId;
 use crate::limit::Grant;
 use crate::metrics::{CacheResult, Metrics, StoreResult};
 use crate::store::KeyStore;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{OnceCell, Semaphore};
@@ -46,6 +49,9 @@ pub enum Announcement {
 
 pub struct KeyLookup {
     pub cache: KeyCache,
+    pub filter: KeyFilter,
+    /// Whether the last store query got an answer; the filter only rejects while it did.
+    store_answering: AtomicBool,
     store: Arc<dyn KeyStore>,
     timeout: Duration,
     permits: Semaphore,
@@ -62,6 +68,7 @@ pub struct KeyLookup {
 impl KeyLookup {
     pub fn new(
         cache: KeyCache,
+        filter: KeyFilter,
         store: Arc<dyn KeyStore>,
         timeout: Duration,
         max_inflight: usize,
@@ -70,6 +77,8 @@ impl KeyLookup {
     ) -> Self {
         KeyLookup {
             cache,
+            filter,
+            store_answering: AtomicBool::new(true),
             store,
             timeout,
             permits: Semaphore::new(max_inflight),
@@ -119,6 +128,16 @@ impl KeyLookup {
         });
     }
 
+    /// The verdict for a key the cache does not hold: the filter's, if it can say "unknown",
+    /// else the store's.
+    pub async fn resolve(&self, id: KeyId) -> Result<Verdict, LookupError> {
+        if self.store_answering.load(Ordering::Relaxed) && self.filter.excludes(&id) {
+            self.metrics.filter_rejection();
+            return Ok(Verdict::Unknown);
+        }
+        self.fetch(id).await
+    }
+
     /// Asks the store, joining the query already in flight for `id` if there is one.
     pub async fn fetch(&self, id: KeyId) -> Result<Verdict, LookupError> {
         let flight = Arc::clone(self.lock_flights().entry(id).or_default());
@@ -151,6 +170,7 @@ impl KeyLookup {
             Err(_) => StoreResult::Timeout,
         };
         self.metrics.store_query(result, started.elapsed());
+        self.store_answering.store(matches!(answer, Ok(Ok(_))), Ordering::Relaxed);
         match answer {
             Ok(Ok(Some(record))) => {
                 let previous = self.cache.grant_of(&id);
@@ -188,16 +208,29 @@ impl KeyLookup {
     pub fn announce(&self, announcement: Announcement) {
         self.announcements.fetch_add(1, Ordering::SeqCst);
         match announcement {
-            Announcement::Key(id) => self.cache.forget(&id),
-            Announcement::Everything => self.cache.forget_all(),
+            Announcement::Key(id) => {
+                self.filter.announced(&id);
+                self.cache.forget(&id);
+            }
+            Announcement::Everything => {
+                self.filter.announced_everything();
+                self.cache.forget_all();
+            }
         }
     }
 
     /// The announcement channel was (re)joined after a gap in which messages may have been
-    /// lost: nothing cached as unknown is trusted, every known key is confirmed again.
+    /// lost: nothing cached as unknown is trusted, every known key is confirmed again, and the
+    /// filter rejects nothing until it is rebuilt.
     pub fn announcements_resumed(&self) {
         self.announcements.fetch_add(1, Ordering::SeqCst);
+        self.filter.channel_resumed();
         self.cache.distrust_all();
+    }
+
+    /// The announcement channel broke: from now on announcements may be missed.
+    pub fn announcements_lost(&self) {
+        self.filter.channel_lost();
     }
 }
 

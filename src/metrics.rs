@@ -5,8 +5,8 @@
 //! label ever holds a key, a key id or a client address.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -86,6 +86,13 @@ pub struct Metrics {
     /// Set at scrape time from the health checks, one child per configured peer.
     pub upstream_healthy: IntGaugeVec,
     config_reloads: IntCounterVec,
+    filter_rejections: IntCounter,
+    filter_rebuilds: IntCounterVec,
+    /// Set at scrape time from the filter.
+    pub filter_keys: IntGauge,
+    pub filter_bytes: IntGauge,
+    pub filter_age_seconds: Gauge,
+    pub filter_trusted: IntGauge,
 }
 
 impl Metrics {
@@ -133,8 +140,36 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let filter_rejections = IntCounter::new(
+            "keygate_filter_rejections_total",
+            "Keys answered unknown by the membership filter, without a store query.",
+        )
+        .expect("valid metric");
+        let filter_rebuilds = IntCounterVec::new(
+            Opts::new("keygate_filter_rebuilds_total", "Membership filter rebuilds by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let filter_keys =
+            IntGauge::new("keygate_filter_keys", "Key ids in the membership filter.").expect("valid");
+        let filter_bytes =
+            IntGauge::new("keygate_filter_bytes", "Memory of the membership filter's bits.").expect("valid");
+        let filter_age_seconds =
+            Gauge::new("keygate_filter_age_seconds", "Seconds since the filter was last built.")
+                .expect("valid");
+        let filter_trusted = IntGauge::new(
+            "keygate_filter_trusted",
+            "1 while the filter may reject keys (built, no announcement missed since).",
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(filter_rejections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(filter_rebuilds.clone()),
+            Box::new(filter_keys.clone()),
+            Box::new(filter_bytes.clone()),
+            Box::new(filter_age_seconds.clone()),
+            Box::new(filter_trusted.clone()),
+            Box::new(requests.clone()),
             Box::new(request_seconds.clone()),
             Box::new(cache_lookups.clone()),
             Box::new(store_queries.clone()),
@@ -148,6 +183,7 @@ impl Metrics {
         // Touch every label value so each series is exported from the start, at zero.
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
+            filter_rebuilds.with_label_values(&[result]);
         }
         Metrics {
             requests: Outcome::ALL.iter().map(|o| requests.with_label_values(&[o.as_str()])).collect(),
@@ -161,6 +197,12 @@ impl Metrics {
             cache_entries,
             upstream_healthy,
             config_reloads,
+            filter_rejections,
+            filter_rebuilds,
+            filter_keys,
+            filter_bytes,
+            filter_age_seconds,
+            filter_trusted,
             registry,
         }
     }
@@ -181,6 +223,14 @@ impl Metrics {
 
     pub fn config_reload(&self, ok: bool) {
         self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    pub fn filter_rejection(&self) {
+        self.filter_rejections.inc();
+    }
+
+    pub fn filter_rebuild(&self, ok: bool) {
+        self.filter_rebuilds.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// The Prometheus text exposition of everything registered.

@@ -4,7 +4,7 @@
 //!  request ──► request_filter ─────────────────────────────────────────► upstream_peer
 //!              │ extract   key from the configured sources (extract.rs)      pick a healthy
 //!              │ identify  its id, sha256                   (key.rs)         peer not yet tried
-//!              │ look up   cache, else store, single-flight (lookup.rs)      (upstream.rs)
+//!              │ look up   cache, else filter, else store (lookup.rs)        (upstream.rs)
 //!              │ limit     per key, or per IP without one   (limit.rs)          │
 //!              └─ any "no" ─► answer.rs: status + JSON body, Ok(true)       upstream_request_filter
 //!                                                                            X-Keygate-* replaced,
@@ -68,7 +68,7 @@ impl KeyGateProxy {
             None => {
                 // Charged before the store is asked: junk costs its sender, not Redis.
                 self.charge_client(session)?;
-                let verdict = lookup.fetch(id).await.map_err(|e| match e {
+                let verdict = lookup.resolve(id).await.map_err(|e| match e {
                     LookupError::Unavailable => Rejection::StoreUnavailable,
                     LookupError::Overloaded => Rejection::Overloaded,
                 })?;

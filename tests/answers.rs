@@ -121,6 +121,7 @@ fn over_the_per_ip_rate_without_a_usable_key_is_429() {
 #[test]
 fn an_uncached_key_while_the_store_is_down_is_503_with_retry_after() {
     let (mut redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("some-key", &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).start();
     redis.kill();
     let response = gateway.with_key("some-key");
@@ -132,6 +133,10 @@ fn an_uncached_key_while_the_store_is_down_is_503_with_retry_after() {
 #[test]
 fn store_lookups_over_max_inflight_are_503_overloaded() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
+    // Valid keys, none cached yet: each needs a store lookup.
+    for n in 0..24 {
+        redis.put_key(&format!("distinct-{n}"), &[("app", "acme")]);
+    }
     let mut setup = Setup::redis(&redis, &upstream);
     setup.store = format!("  redis:\n    url: {}\n    timeout_ms: 1000\n    max_inflight: 2\n", redis.url());
     let gateway = setup.start();
@@ -230,14 +235,17 @@ fn the_metrics_endpoint_counts_what_happened() {
     let m = |s: &str| gateway.metric(s);
     assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="forwarded"}"#, 3.0), 3.0);
     assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="unknown_key"}"#, 3.0), 3.0);
-    assert_eq!(m(r#"keygate_cache_lookups_total{result="miss"}"#), 2.0);
+    // The unknown key never reaches the store: the membership filter answers for it.
+    assert_eq!(m(r#"keygate_cache_lookups_total{result="miss"}"#), 4.0);
     assert_eq!(m(r#"keygate_cache_lookups_total{result="hit"}"#), 2.0);
-    assert_eq!(m(r#"keygate_cache_lookups_total{result="negative_hit"}"#), 2.0);
+    assert_eq!(m("keygate_filter_rejections_total"), 3.0);
     assert_eq!(m(r#"keygate_store_queries_total{result="found"}"#), 1.0);
-    assert_eq!(m(r#"keygate_store_queries_total{result="not_found"}"#), 1.0);
-    assert_eq!(m("keygate_store_query_seconds_count"), 2.0);
+    assert_eq!(m(r#"keygate_store_queries_total{result="not_found"}"#), 0.0);
+    assert_eq!(m("keygate_store_query_seconds_count"), 1.0);
     assert_eq!(m(r#"keygate_cache_entries{kind="positive"}"#), 1.0);
-    assert_eq!(m(r#"keygate_cache_entries{kind="negative"}"#), 1.0);
+    assert_eq!(m("keygate_filter_keys"), 1.0);
+    assert_eq!(m("keygate_filter_trusted"), 1.0);
+    assert!(m(r#"keygate_filter_rebuilds_total{result="ok"}"#) >= 1.0);
     assert_eq!(m(&format!("keygate_upstream_healthy{{peer=\"{}\"}}", upstream.addr)), 1.0);
     assert_eq!(m(r#"keygate_request_seconds_count{outcome="forwarded"}"#), 3.0);
     assert_eq!(m(r#"keygate_config_reloads_total{result="error"}"#), 0.0);

@@ -9,20 +9,36 @@ use std::time::Duration;
 
 #[test]
 fn three_hundred_repeats_of_one_unknown_key_cost_one_read() {
+    // The negative cache alone, with the membership filter off.
     let (redis, upstream) = (Redis::start(), Upstream::start());
-    let gateway = Setup::redis(&redis, &upstream).start();
+    let gateway = Setup::redis(&redis, &upstream).extra("filter: {enabled: false}").start();
     redis.reset_stats();
     for _ in 0..300 {
         gateway.with_key("bogus-key").assert_rejected(403, "unknown_api_key");
     }
     assert_eq!(redis.reads(), 1, "Redis served {} reads", redis.reads());
+    assert_eq!(gateway.metric(r#"keygate_cache_lookups_total{result="negative_hit"}"#), 299.0);
     assert_eq!(upstream.count(), 0);
+}
+
+#[test]
+fn with_the_filter_an_unknown_key_costs_no_read_at_all() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    redis.reset_stats();
+    for _ in 0..300 {
+        gateway.with_key("bogus-key").assert_rejected(403, "unknown_api_key");
+    }
+    assert_eq!(redis.reads(), 0, "Redis served {} reads", redis.reads());
+    assert_eq!(gateway.with_key("valid-key").status, 200);
 }
 
 #[test]
 fn sixty_four_concurrent_first_requests_cost_one_read() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("popular-key", &[("app", "acme")]);
+    redis.put_key("second-key", &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).start();
     redis.reset_stats();
     // Freezing Redis while the 64 requests arrive makes them truly concurrent: all of them are
@@ -42,7 +58,6 @@ fn sixty_four_concurrent_first_requests_cost_one_read() {
     assert!(redis.reads() <= 1, "Redis served {} reads", redis.reads());
 
     // And with Redis answering at once.
-    redis.put_key("second-key", &[("app", "acme")]);
     redis.reset_stats();
     let threads: Vec<_> = (0..64)
         .map(|_| {

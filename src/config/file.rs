@@ -131,6 +131,33 @@ pub struct RateFile {
     pub burst: u32,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterFile {
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    #[serde(default = "defaults::rebuild_interval_s")]
+    pub rebuild_interval_s: u64,
+    #[serde(default = "defaults::bits_per_key")]
+    pub bits_per_key: u32,
+    #[serde(default = "defaults::scan_batch")]
+    pub scan_batch: usize,
+    #[serde(default = "defaults::scan_pause_ms")]
+    pub scan_pause_ms: u64,
+}
+
+impl Default for FilterFile {
+    fn default() -> Self {
+        FilterFile {
+            enabled: true,
+            rebuild_interval_s: defaults::rebuild_interval_s(),
+            bits_per_key: defaults::bits_per_key(),
+            scan_batch: defaults::scan_batch(),
+            scan_pause_ms: defaults::scan_pause_ms(),
+        }
+    }
+}
+
 /// The defaults the contract documents, in one place.
 pub mod defaults {
     use super::SourceFile;
@@ -194,5 +221,17 @@ pub mod defaults {
     }
     pub fn grace_period_s() -> u64 {
         5
+    }
+    pub fn rebuild_interval_s() -> u64 {
+        300
+    }
+    pub fn bits_per_key() -> u32 {
+        12
+    }
+    pub fn scan_batch() -> usize {
+        1000
+    }
+    pub fn scan_pause_ms() -> u64 {
+        1
     }
 }

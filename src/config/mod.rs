@@ -8,7 +8,8 @@ pub mod file;
 mod problems;
 
 use crate::extract::{KeyExtractor, KeySource};
-use file::{defaults, ApiKeyFile, CacheFile, RateLimitFile, StoreFile, UpstreamFile};
+use crate::filter::FilterConfig;
+use file::{defaults, ApiKeyFile, CacheFile, FilterFile, RateLimitFile, StoreFile, UpstreamFile};
 use ipnet::IpNet;
 use problems::Problems;
 pub use problems::{ConfigErrors, Problem};
@@ -36,6 +37,8 @@ pub struct Config {
     pub api_key: KeyExtractor,
     pub store: StoreConfig,
     pub cache: CacheConfig,
+    /// The membership filter of every key id in the store.
+    pub filter: FilterConfig,
     pub rate_limit: RateLimitConfig,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -113,6 +116,7 @@ const TOP_LEVEL: &[&str] = &[
     "api_key",
     "store",
     "cache",
+    "filter",
     "rate_limit",
     "trusted_proxies",
 ];
@@ -204,6 +208,9 @@ impl Config {
         let cache = section("cache")
             .map_or_else(|| Some(CacheFile::default()), |v| p.typed::<CacheFile>("cache", v))
             .map(|c| cache(&mut p, c));
+        let filter = section("filter")
+            .map_or_else(|| Some(FilterFile::default()), |v| p.typed::<FilterFile>("filter", v))
+            .map(|f| filter(&mut p, f));
         let rate_limit = section("rate_limit")
             .map_or_else(|| Some(RateLimitFile::default()), |v| p.typed::<RateLimitFile>("rate_limit", v))
             .map(|r| rate_limit(&mut p, r));
@@ -215,8 +222,10 @@ impl Config {
             .filter_map(|(i, net)| network(&mut p, &format!("trusted_proxies[{i}]"), net))
             .collect();
 
-        match (upstream, api_key, store, cache, rate_limit) {
-            (Some(upstream), Some(api_key), Some(store), Some(cache), Some(rate_limit)) if p.is_empty() => {
+        match (upstream, api_key, store, cache, filter, rate_limit) {
+            (Some(upstream), Some(api_key), Some(store), Some(cache), Some(filter), Some(rate_limit))
+                if p.is_empty() =>
+            {
                 Ok(Config {
                     listen,
                     admin_listen,
@@ -229,6 +238,7 @@ impl Config {
                     api_key,
                     store,
                     cache,
+                    filter,
                     rate_limit,
                     trusted_proxies,
                 })
@@ -385,6 +395,25 @@ fn cache(p: &mut Problems, c: CacheFile) -> CacheConfig {
         ttl: Duration::from_secs(c.ttl_s),
         negative_ttl: Duration::from_secs(c.negative_ttl_s),
         stale: Duration::from_secs(c.stale_s),
+    }
+}
+
+fn filter(p: &mut Problems, f: FilterFile) -> FilterConfig {
+    if !(4..=32).contains(&f.bits_per_key) {
+        p.add("filter.bits_per_key", "must be between 4 and 32");
+    }
+    if f.rebuild_interval_s == 0 {
+        p.add("filter.rebuild_interval_s", "must be at least 1");
+    }
+    if !(1..=100_000).contains(&f.scan_batch) {
+        p.add("filter.scan_batch", "must be between 1 and 100000");
+    }
+    FilterConfig {
+        enabled: f.enabled,
+        rebuild_interval: Duration::from_secs(f.rebuild_interval_s),
+        bits_per_key: f.bits_per_key,
+        scan_batch: f.scan_batch,
+        scan_pause: Duration::from_millis(f.scan_pause_ms),
     }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::CacheConfig;
+use crate::filter::FilterConfig;
 use crate::key::ApiKey;
 use crate::store::memory::MemoryStore;
 use crate::store::KeyRecord;
@@ -15,7 +16,15 @@ fn lookup(store: Arc<MemoryStore>, max_inflight: usize) -> Arc<KeyLookup> {
         stale: Duration::from_secs(3600),
     });
     let rate = Rate { per_second: 100.0, burst: 100 };
-    Arc::new(KeyLookup::new(cache, store, TIMEOUT, max_inflight, rate, Arc::new(Metrics::new())))
+    Arc::new(KeyLookup::new(
+        cache,
+        KeyFilter::new(FilterConfig::default()),
+        store,
+        TIMEOUT,
+        max_inflight,
+        rate,
+        Arc::new(Metrics::new()),
+    ))
 }
 
 fn id(name: &str) -> KeyId {

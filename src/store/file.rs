@@ -16,6 +16,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +108,21 @@ impl KeyStore for FileStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn count_hint(&self) -> Result<usize, StoreError> {
+        Ok(self.len())
+    }
+
+    async fn scan_ids(
+        &self,
+        _batch: usize,
+        _pause: Duration,
+        each: &mut (dyn FnMut(KeyId) + Send),
+    ) -> Result<usize, StoreError> {
+        let records = Arc::clone(&self.records.read().unwrap_or_else(|e| e.into_inner()));
+        records.keys().for_each(|id| each(*id));
+        Ok(records.len())
     }
 }
 

@@ -65,4 +65,22 @@ impl KeyStore for MemoryStore {
             false => Ok(()),
         }
     }
+
+    async fn count_hint(&self) -> Result<usize, StoreError> {
+        Ok(self.records.lock().unwrap().len())
+    }
+
+    async fn scan_ids(
+        &self,
+        _batch: usize,
+        _pause: Duration,
+        each: &mut (dyn FnMut(KeyId) + Send),
+    ) -> Result<usize, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unreachable("memory store set to fail".into()));
+        }
+        let ids: Vec<KeyId> = self.records.lock().unwrap().keys().copied().collect();
+        ids.iter().for_each(|id| each(*id));
+        Ok(ids.len())
+    }
 }

@@ -13,6 +13,7 @@ pub mod redis;
 use crate::key::KeyId;
 use async_trait::async_trait;
 pub use record::{KeyRecord, RecordError};
+use std::time::Duration;
 
 /// Why the store could not answer. Never a reason to call a key unknown.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -31,4 +32,16 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Whether the store answers at all (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// About how many key ids the store holds (at least as many), to size the filter.
+    async fn count_hint(&self) -> Result<usize, StoreError>;
+
+    /// Calls `each` with every key id in the store, `batch` at a time with `pause` between
+    /// batches; returns how many there were.
+    async fn scan_ids(
+        &self,
+        batch: usize,
+        pause: Duration,
+        each: &mut (dyn FnMut(KeyId) + Send),
+    ) -> Result<usize, StoreError>;
 }

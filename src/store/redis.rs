@@ -13,8 +13,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub struct RedisStore {
+    /// For lookups: shared, multiplexed, reconnecting.
     connection: ConnectionManager,
+    /// For scans, which get a connection of their own so that a page of SCAN results never
+    /// sits in front of a lookup.
+    client: redis::Client,
     prefix: String,
+    timeout: Duration,
 }
 
 impl RedisStore {
@@ -22,13 +27,14 @@ impl RedisStore {
     /// connection.
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unreachable)?;
+        let scan_client = client.clone();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
             .set_response_timeout(Some(timeout.max(Duration::from_secs(1))))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(unreachable)?;
-        Ok(RedisStore { connection, prefix: prefix.to_string() })
+        Ok(RedisStore { connection, client: scan_client, prefix: prefix.to_string(), timeout })
     }
 
     pub fn record_key(prefix: &str, id: &KeyId) -> String {
@@ -61,5 +67,56 @@ impl KeyStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(unreachable)
+    }
+
+    async fn count_hint(&self) -> Result<usize, StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("DBSIZE").query_async(&mut connection).await.map_err(unreachable)
+    }
+
+    async fn scan_ids(
+        &self,
+        batch: usize,
+        pause: Duration,
+        each: &mut (dyn FnMut(KeyId) + Send),
+    ) -> Result<usize, StoreError> {
+        let mut connection = self.scan_connection().await?;
+        let pattern = format!("{}key:*", self.prefix);
+        let (mut cursor, mut count) = (0u64, 0usize);
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(batch);
+            let page = scan.query_async::<(u64, Vec<String>)>(&mut connection);
+            let (next, names) = tokio::time::timeout(self.scan_timeout(), page)
+                .await
+                .map_err(|_| StoreError::Timeout)?
+                .map_err(unreachable)?;
+            for name in &names {
+                if let Some(id) = name.strip_prefix(&pattern[..pattern.len() - 1]).and_then(KeyId::from_hex) {
+                    each(id);
+                    count += 1;
+                }
+            }
+            if next == 0 {
+                return Ok(count);
+            }
+            cursor = next;
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+impl RedisStore {
+    async fn scan_connection(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let connect = self.client.get_multiplexed_async_connection();
+        tokio::time::timeout(self.scan_timeout(), connect)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(unreachable)
+    }
+
+    /// A page of SCAN is more work than a lookup; it still must not hang a rebuild for ever.
+    fn scan_timeout(&self) -> Duration {
+        (self.timeout * 20).max(Duration::from_secs(1))
     }
 }

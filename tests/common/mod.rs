@@ -93,7 +93,8 @@ impl Redis {
         self.try_connection().expect("redis answers")
     }
 
-    /// Writes a key's record the way an operator would: HSET, then announce the id.
+    /// Writes a key's record (HSET), without announcing it: a key written before the gateway
+    /// starts, or one a test announces itself.
     pub fn put_key(&self, key: &str, fields: &[(&str, &str)]) {
         let id = keygate::key::ApiKey::from_cli(key).id().to_hex();
         let mut con = self.connection();
@@ -212,8 +213,14 @@ impl Setup {
         self
     }
 
+    /// Starts the gateway and waits until it serves and its filter is trusted.
     pub fn start(self) -> Gateway {
-        Gateway::start(self)
+        Gateway::start(self, true)
+    }
+
+    /// Starts the gateway without waiting for the filter.
+    pub fn start_untrusted(self) -> Gateway {
+        Gateway::start(self, false)
     }
 }
 
@@ -226,7 +233,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    fn start(setup: Setup) -> Gateway {
+    fn start(setup: Setup, wait_for_filter: bool) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -238,6 +245,7 @@ impl Gateway {
             yaml.push_str("rate_limit:\n  per_second: 100000\n  burst: 100000\n  unauthenticated_per_ip: {per_second: 100000, burst: 100000}\n");
         }
         yaml.push_str(&setup.extra);
+        let setup_disables_filter = setup.extra.contains("filter: {enabled: false}");
         let config = dir.path().join("keygate.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = dir.path().join("stderr.log");
@@ -255,6 +263,12 @@ impl Gateway {
                 && std::net::TcpStream::connect(gateway.addr).is_ok()
         });
         assert!(up.is_some(), "keygate did not start:\n{}", gateway.logs());
+        if wait_for_filter && !setup_disables_filter {
+            // Every test starts from the same state: the filter built and trusted.
+            let trusted =
+                eventually(Duration::from_secs(10), || gateway.metric("keygate_filter_trusted") == 1.0);
+            assert!(trusted.is_some(), "the membership filter never became trusted:\n{}", gateway.logs());
+        }
         gateway
     }
 

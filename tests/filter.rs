@@ -1,0 +1,139 @@
+//! A flood of never-seen keys does not reach Redis: the membership filter answers for them,
+//! and never turns away a valid key, even while announcements may be missed.
+
+mod common;
+
+use common::http::Connection;
+use common::{eventually, Redis, Setup, Upstream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VALID_KEYS: usize = 3000;
+const RANDOM_KEYS: usize = 5000;
+
+fn valid_key(n: usize) -> String {
+    format!("valid-key-{n:05}")
+}
+
+fn write_valid_keys(redis: &Redis) {
+    let mut pipe = redis::pipe();
+    for n in 0..VALID_KEYS {
+        let id = keygate::key::ApiKey::from_cli(&valid_key(n)).id();
+        pipe.cmd("HSET").arg(format!("keygate:key:{id}")).arg("app").arg("acme").ignore();
+    }
+    let _: () = pipe.query(&mut redis.connection()).unwrap();
+}
+
+/// A key nobody could guess: 32 hex digits from the OS's randomness.
+fn random_key() -> String {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn thousands_of_random_unknown_keys_cost_under_one_percent_in_reads_and_valid_keys_flow() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    write_valid_keys(&redis);
+    let gateway = Setup::redis(&redis, &upstream).extra("trusted_proxies: [127.0.0.1/32]").start();
+    assert_eq!(gateway.metric("keygate_filter_keys"), VALID_KEYS as f64);
+    redis.reset_stats();
+
+    let mut connection = Connection::open(gateway.addr).unwrap();
+    let mut refused = 0;
+    for n in 0..RANDOM_KEYS {
+        // Spread over many client addresses, so the per-IP limit is not what stops them.
+        let client = format!("10.{}.{}.{}", n / 65536 % 256, n / 256 % 256, n % 256);
+        let key = random_key();
+        let response =
+            connection.request("GET", "/ingest", &[("X-ApiKey", &key), ("X-Forwarded-For", &client)], b"");
+        let response = response.unwrap();
+        response.assert_rejected(403, "unknown_api_key");
+        refused += 1;
+        if n == RANDOM_KEYS / 2 {
+            // A key created and announced in the middle of the flood is accepted within a second.
+            redis.put_key("announced-during-flood", &[("app", "acme")]);
+            redis.announce("announced-during-flood");
+            let accepted = eventually(Duration::from_secs(1), || {
+                gateway.with_key("announced-during-flood").status == 200
+            });
+            assert!(accepted.is_some(), "the announced key was not accepted within a second");
+        }
+    }
+    assert_eq!(refused, RANDOM_KEYS);
+    let reads = redis.reads();
+    eprintln!("{reads} Redis reads for {RANDOM_KEYS} random unknown keys");
+    assert!(
+        reads as f64 <= RANDOM_KEYS as f64 * 0.01 + 2.0,
+        "Redis served {reads} reads for {RANDOM_KEYS} random keys"
+    );
+    assert!(gateway.metric("keygate_filter_rejections_total") >= (RANDOM_KEYS as f64) * 0.99);
+
+    for n in 0..VALID_KEYS {
+        let response = connection.request("GET", "/ingest", &[("X-ApiKey", &valid_key(n))], b"").unwrap();
+        assert_eq!(response.status, 200, "valid key {n} refused");
+    }
+    assert_eq!(upstream.count(), VALID_KEYS + 1);
+}
+
+#[test]
+fn while_the_subscription_is_cut_again_and_again_no_valid_key_is_refused() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    write_valid_keys(&redis);
+    let gateway = Setup::redis(&redis, &upstream).start();
+
+    let cutting = Arc::new(AtomicBool::new(true));
+    let cutter = {
+        let (cutting, url) = (Arc::clone(&cutting), redis.url());
+        std::thread::spawn(move || {
+            let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let mut cuts = 0;
+            while cutting.load(Ordering::SeqCst) {
+                let killed: u64 =
+                    redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut con).unwrap();
+                cuts += killed;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            cuts
+        })
+    };
+    // Keys written (and announced, into the void) while the channel keeps breaking.
+    for n in 0..30 {
+        let key = format!("written-while-cut-{n}");
+        redis.put_key(&key, &[("app", "acme")]);
+        redis.announce(&key);
+        let accepted = eventually(Duration::from_secs(1), || gateway.with_key(&key).status == 200);
+        assert!(accepted.is_some(), "{key} was not accepted within a second");
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    for n in (0..VALID_KEYS).step_by(100) {
+        assert_eq!(gateway.with_key(&valid_key(n)).status, 200);
+    }
+    cutting.store(false, Ordering::SeqCst);
+    assert!(cutter.join().unwrap() >= 3, "the subscription was never cut");
+    // The gateway noticed, and came back trusting its filter again.
+    assert!(gateway.metric("keygate_filter_rebuilds_total{result=\"ok\"}") >= 3.0);
+    assert!(eventually(Duration::from_secs(5), || gateway.metric("keygate_filter_trusted") == 1.0).is_some());
+}
+
+#[test]
+fn nothing_is_rejected_by_the_filter_until_it_is_built() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    for n in 0..50 {
+        redis.put_key(&valid_key(n), &[("app", "acme")]);
+    }
+    // A rebuild that cannot finish during the test: the scan pauses for a minute between
+    // batches of one, and there are dozens of keys.
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra("filter: {enabled: true, scan_batch: 1, scan_pause_ms: 60000}")
+        .start_untrusted();
+    assert_eq!(gateway.metric("keygate_filter_trusted"), 0.0);
+    assert_eq!(gateway.with_key("valid-key").status, 200);
+    gateway.with_key("unknown-key").assert_rejected(403, "unknown_api_key");
+    assert_eq!(gateway.metric("keygate_filter_rejections_total"), 0.0);
+    assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="not_found"}"#), 1.0);
+}
