@@ -32,6 +32,8 @@ impl Admin {
         metrics.filter_bytes.set(bytes as i64);
         metrics.filter_age_seconds.set(age.unwrap_or(0.0));
         metrics.filter_trusted.set(gateway.lookup.filter.is_trusted() as i64);
+        // Reset first, so a peer removed by a reload leaves no series behind.
+        metrics.upstream_healthy.reset();
         for (peer, healthy) in gateway.upstreams.health() {
             metrics.upstream_healthy.with_label_values(&[&peer.to_string()]).set(healthy as i64);
         }

@@ -46,9 +46,10 @@ pub enum Cached {
 pub struct KeyCache {
     known: Cache<KeyId, Known>,
     unknown: Cache<KeyId, Instant>,
-    ttl: Duration,
-    negative_ttl: Duration,
-    stale: Duration,
+    /// The TTLs, in nanoseconds: atomics so a reload can change them under running requests.
+    ttl: AtomicDuration,
+    negative_ttl: AtomicDuration,
+    stale: AtomicDuration,
     /// Bumped when every known entry must be confirmed again, e.g. after announcements may have
     /// been missed; entries of an older epoch are served stale until refreshed.
     epoch: AtomicU64,
@@ -59,9 +60,9 @@ impl KeyCache {
         KeyCache {
             known: Cache::new(config.capacity),
             unknown: Cache::new(config.negative_capacity),
-            ttl: config.ttl,
-            negative_ttl: config.negative_ttl,
-            stale: config.stale,
+            ttl: AtomicDuration::new(config.ttl),
+            negative_ttl: AtomicDuration::new(config.negative_ttl),
+            stale: AtomicDuration::new(config.stale),
             epoch: AtomicU64::new(0),
         }
     }
@@ -70,16 +71,17 @@ impl KeyCache {
         let now = Instant::now();
         if let Some(known) = self.known.get(id) {
             let age = now.saturating_duration_since(known.verified);
-            if age < self.ttl && known.epoch == self.epoch.load(Ordering::Relaxed) {
+            let ttl = self.ttl.get();
+            if age < ttl && known.epoch == self.epoch.load(Ordering::Relaxed) {
                 return Cached::Fresh(known.grant);
             }
-            if age < self.ttl + self.stale {
+            if age < ttl + self.stale.get() {
                 return Cached::Stale { grant: known.grant, refresh: now >= known.retry_at };
             }
             return Cached::Miss;
         }
         match self.unknown.get(id) {
-            Some(at) if now.saturating_duration_since(at) < self.negative_ttl => Cached::Unknown,
+            Some(at) if now.saturating_duration_since(at) < self.negative_ttl.get() => Cached::Unknown,
             _ => Cached::Miss,
         }
     }
@@ -93,7 +95,7 @@ impl KeyCache {
     /// while the lookup was in flight) the entry is served but checked again at once.
     pub fn remember_known(&self, id: KeyId, grant: Arc<Grant>, doubtful: bool) {
         let now = Instant::now();
-        let verified = if doubtful { now.checked_sub(self.ttl).unwrap_or(now) } else { now };
+        let verified = if doubtful { now.checked_sub(self.ttl.get()).unwrap_or(now) } else { now };
         let epoch = self.epoch.load(Ordering::Relaxed);
         self.unknown.remove(&id);
         self.known.insert(id, Known { grant, verified, retry_at: now, epoch });
@@ -137,12 +139,37 @@ impl KeyCache {
         self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A reload's new TTLs; entries already cached are judged by them from now on. Capacities
+    /// cannot change without a restart.
+    pub fn set_ttls(&self, config: &crate::config::CacheConfig) {
+        self.ttl.set(config.ttl);
+        self.negative_ttl.set(config.negative_ttl);
+        self.stale.set(config.stale);
+    }
+
     pub fn known_len(&self) -> usize {
         self.known.len()
     }
 
     pub fn unknown_len(&self) -> usize {
         self.unknown.len()
+    }
+}
+
+/// A duration that can be read and replaced without a lock.
+struct AtomicDuration(AtomicU64);
+
+impl AtomicDuration {
+    fn new(value: Duration) -> Self {
+        AtomicDuration(AtomicU64::new(value.as_nanos().min(u64::MAX as u128) as u64))
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, value: Duration) {
+        self.0.store(value.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 }
 

@@ -31,7 +31,7 @@ pub fn run(args: Args) -> i32 {
         eprintln!("{}: ok", args.config.display());
         return 0;
     }
-    match crate::server::run(config, args.upgrade) {
+    match crate::server::run(config, Some(args.config.clone()), args.upgrade) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("keygate could not start: {e:#}");

@@ -1,9 +1,12 @@
 //! The gateway's shared state: every stage of the request path, built once from a [`Config`]
-//! and shared by the proxy, the admin endpoint and the background tasks.
+//! and shared by the proxy, the admin endpoint and the background tasks. What a reload may
+//! change is either behind an [`ArcSwap`] (read once per request) or held by a stage that
+//! changes in place (see [`crate::reload`]).
 
 use crate::cache::KeyCache;
 use crate::client_ip::ClientAddress;
 use crate::config::{Config, StoreBackend};
+use crate::extract::KeyExtractor;
 use crate::filter::{self, KeyFilter};
 use crate::invalidate;
 use crate::limit::IpLimiter;
@@ -11,29 +14,43 @@ use crate::lookup::KeyLookup;
 use crate::metrics::Metrics;
 use crate::store::{file::FileStore, redis::RedisStore, KeyStore};
 use crate::upstream::Upstreams;
+use arc_swap::ArcSwap;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::services::background::GenBackgroundService;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
 
 /// How often the per-IP limiter forgets addresses that are back to a full burst.
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(10);
 
+/// What each request reads once, swapped whole by a reload.
+pub struct RequestSettings {
+    pub api_key: KeyExtractor,
+    pub client_address: ClientAddress,
+    pub ip_limiter: Arc<IpLimiter>,
+}
+
 pub struct Gateway {
-    pub config: Config,
+    /// The config now in force (a reload compares against it).
+    pub config: ArcSwap<Config>,
+    pub settings: ArcSwap<RequestSettings>,
     pub lookup: Arc<KeyLookup>,
     pub metrics: Arc<Metrics>,
     pub upstreams: Upstreams,
-    pub ip_limiter: Arc<IpLimiter>,
-    pub client_address: ClientAddress,
     /// True while the invalidation subscription is up (always true for the file store).
     pub subscribed: Arc<AtomicBool>,
+    /// The file a reload reads; none for a gateway built in a test from a value.
+    pub config_path: Option<PathBuf>,
+    /// The invalidation listener, replaced when a reload changes the store.
+    announcements: Mutex<Option<JoinHandle<()>>>,
     /// Drives the Redis connections and the background tasks, apart from Pingora's runtimes,
     /// so they exist before the server starts and outlive any one service.
-    _tasks: Runtime,
+    tasks: Runtime,
 }
 
 impl Gateway {
@@ -41,6 +58,7 @@ impl Gateway {
     /// health-check service, which Pingora must run.
     pub fn start(
         config: Config,
+        config_path: Option<PathBuf>,
     ) -> anyhow::Result<(Arc<Gateway>, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
         let tasks = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -48,18 +66,9 @@ impl Gateway {
             .enable_all()
             .build()?;
         let metrics = Arc::new(Metrics::new());
-        let subscribed = Arc::new(AtomicBool::new(false));
-        let store: Arc<dyn KeyStore> = match &config.store.backend {
-            StoreBackend::Redis { url, prefix } => {
-                let _in_runtime = tasks.enter();
-                Arc::new(RedisStore::open(url, prefix, config.store.timeout)?)
-            }
-            StoreBackend::File(path) => {
-                let store = FileStore::open(path).map_err(anyhow::Error::msg)?;
-                log::info!("file store: {} keys from {}", store.len(), path.display());
-                subscribed.store(true, std::sync::atomic::Ordering::SeqCst);
-                Arc::new(store)
-            }
+        let store = {
+            let _in_runtime = tasks.enter();
+            open_store(&config)?
         };
         let lookup = Arc::new(KeyLookup::new(
             KeyCache::new(&config.cache),
@@ -70,43 +79,92 @@ impl Gateway {
             config.rate_limit.per_key,
             Arc::clone(&metrics),
         ));
-        match &config.store.backend {
-            StoreBackend::Redis { url, prefix } => {
-                let client = redis::Client::open(url.as_str())?;
-                let channel = format!("{prefix}invalidate");
-                tasks.spawn(invalidate::listen(
-                    client,
-                    channel,
-                    Arc::clone(&lookup),
-                    Arc::clone(&subscribed),
-                ));
-            }
-            // The file is the whole truth, changed only by a reload: nothing can be missed.
-            StoreBackend::File(_) => lookup.filter.channel_resumed(),
-        }
-        if config.filter.enabled {
-            tasks.spawn(filter::rebuild::maintain(Arc::clone(&lookup), Arc::clone(&metrics)));
-        }
-        let ip_limiter = Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip));
-        let idle = Arc::clone(&ip_limiter);
-        tasks.spawn(async move {
-            let mut every = tokio::time::interval(FORGET_IDLE_EVERY);
-            loop {
-                every.tick().await;
-                idle.forget_idle();
-            }
-        });
         let (upstreams, health_service) = Upstreams::new(&config.upstream);
-        let gateway = Gateway {
-            client_address: ClientAddress::new(config.trusted_proxies.clone()),
-            config,
+        let gateway = Arc::new(Gateway {
+            settings: ArcSwap::from_pointee(RequestSettings::new(&config, None)),
+            config: ArcSwap::from_pointee(config),
             lookup,
             metrics,
             upstreams,
-            ip_limiter,
-            subscribed,
-            _tasks: tasks,
+            subscribed: Arc::new(AtomicBool::new(false)),
+            config_path,
+            announcements: Mutex::new(None),
+            tasks,
+        });
+        gateway.listen_for_announcements();
+        if gateway.config.load().filter.enabled {
+            let (lookup, metrics) = (Arc::clone(&gateway.lookup), Arc::clone(&gateway.metrics));
+            gateway.tasks.spawn(filter::rebuild::maintain(lookup, metrics));
+        }
+        gateway.tasks.spawn(forget_idle_addresses(Arc::downgrade(&gateway)));
+        gateway.tasks.spawn(crate::reload::on_hangup(Arc::downgrade(&gateway)));
+        Ok((gateway, health_service))
+    }
+
+    /// (Re)starts following the store's announcements: the Redis subscription, or for the
+    /// file store nothing (the file changes only on reload, so nothing can be missed).
+    pub(crate) fn listen_for_announcements(&self) {
+        let mut current = self.announcements.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.take() {
+            old.abort();
+            self.lookup.announcements_lost();
+        }
+        match &self.config.load().store.backend {
+            StoreBackend::Redis { url, prefix } => {
+                let Ok(client) = redis::Client::open(url.as_str()) else { return };
+                let channel = format!("{prefix}invalidate");
+                let (lookup, subscribed) = (Arc::clone(&self.lookup), Arc::clone(&self.subscribed));
+                subscribed.store(false, Ordering::SeqCst);
+                *current = Some(self.tasks.spawn(invalidate::listen(client, channel, lookup, subscribed)));
+            }
+            StoreBackend::File(_) => {
+                self.subscribed.store(true, Ordering::SeqCst);
+                self.lookup.announcements_resumed();
+            }
+        }
+    }
+
+    /// Runs `future` on the background runtime.
+    pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
+        self.tasks.spawn(future);
+    }
+}
+
+impl RequestSettings {
+    /// The settings for `config`; the per-IP limiter of `previous` is kept (with its state)
+    /// when its rate did not change.
+    pub fn new(config: &Config, previous: Option<&RequestSettings>) -> Self {
+        let rate = config.rate_limit.unauthenticated_per_ip;
+        let ip_limiter = match previous {
+            Some(p) if p.ip_limiter.rate() == rate => Arc::clone(&p.ip_limiter),
+            _ => Arc::new(IpLimiter::new(rate)),
         };
-        Ok((Arc::new(gateway), health_service))
+        RequestSettings {
+            api_key: config.api_key.clone(),
+            client_address: ClientAddress::new(config.trusted_proxies.clone()),
+            ip_limiter,
+        }
+    }
+}
+
+/// Opens the store `config` names; must run inside the background runtime (Redis connections
+/// are driven there).
+pub(crate) fn open_store(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
+    Ok(match &config.store.backend {
+        StoreBackend::Redis { url, prefix } => Arc::new(RedisStore::open(url, prefix, config.store.timeout)?),
+        StoreBackend::File(path) => {
+            let store = FileStore::open(path).map_err(anyhow::Error::msg)?;
+            log::info!("file store: {} keys from {}", store.len(), path.display());
+            Arc::new(store)
+        }
+    })
+}
+
+async fn forget_idle_addresses(gateway: Weak<Gateway>) {
+    let mut every = tokio::time::interval(FORGET_IDLE_EVERY);
+    loop {
+        every.tick().await;
+        let Some(gateway) = gateway.upgrade() else { return };
+        gateway.settings.load().ip_limiter.forget_idle();
     }
 }

@@ -18,7 +18,7 @@
 //! - [`metrics`]: what is counted, served by [`admin`].
 //!
 //! Around it: [`config`] (the YAML and its validation), [`invalidate`] (announcements from
-//! Redis), [`logging`] (stderr, never a key), [`gateway`] (the shared state), [`server`] (the Pingora server), [`cli`] (the
+//! Redis), [`logging`] (stderr, never a key), [`gateway`] (the shared state), [`reload`] (SIGHUP), [`server`] (the Pingora server), [`cli`] (the
 //! command line) and [`demo_upstream`] (a tiny ingestion node for the demo and the tests).
 
 pub mod admin;
@@ -38,6 +38,7 @@ pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod upstream;

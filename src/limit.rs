@@ -108,6 +108,10 @@ impl<C: Clock> IpLimiter<C> {
         self.limiter.shrink_to_fit();
     }
 
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
     /// Addresses with limiter state.
     pub fn len(&self) -> usize {
         self.limiter.len()

@@ -52,9 +52,13 @@ pub struct KeyLookup {
     pub filter: KeyFilter,
     /// Whether the last store query got an answer; the filter only rejects while it did.
     store_answering: AtomicBool,
-    store: Arc<dyn KeyStore>,
-    timeout: Duration,
-    permits: Semaphore,
+    /// Replaced when a reload points at another store.
+    store: RwLock<Arc<dyn KeyStore>>,
+    /// `timeout` in milliseconds; a reload may change it.
+    timeout_ms: AtomicU64,
+    permits: Arc<Semaphore>,
+    /// The permits `permits` was sized to (`max_inflight`), so a reload can resize it.
+    max_inflight: Mutex<usize>,
     /// The query in flight for each key id, shared by everyone who asks meanwhile.
     flights: Mutex<HashMap<KeyId, Flight>>,
     /// Counts announcements, so a query can tell whether one arrived while it was in flight.
@@ -79,9 +83,10 @@ impl KeyLookup {
             cache,
             filter,
             store_answering: AtomicBool::new(true),
-            store,
-            timeout,
-            permits: Semaphore::new(max_inflight),
+            store: RwLock::new(store),
+            timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
+            permits: Arc::new(Semaphore::new(max_inflight)),
+            max_inflight: Mutex::new(max_inflight),
             flights: Mutex::new(HashMap::new()),
             announcements: AtomicU64::new(0),
             default_rate: RwLock::new(default_rate),
@@ -89,8 +94,40 @@ impl KeyLookup {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn KeyStore> {
-        &self.store
+    /// The store now in use.
+    pub fn store(&self) -> Arc<dyn KeyStore> {
+        Arc::clone(&self.store.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A reload's store settings: another store (forgetting everything learnt from the old
+    /// one), a new timeout, a new bound on lookups in flight.
+    pub fn set_store(&self, store: Option<Arc<dyn KeyStore>>, timeout: Duration, max_inflight: usize) {
+        if let Some(store) = store {
+            *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
+            self.announcements.fetch_add(1, Ordering::SeqCst);
+            self.cache.forget_all();
+        }
+        self.timeout_ms.store(timeout.as_millis() as u64, Ordering::Relaxed);
+        let mut current = self.max_inflight.lock().unwrap_or_else(|e| e.into_inner());
+        match max_inflight.cmp(&*current) {
+            std::cmp::Ordering::Greater => self.permits.add_permits(max_inflight - *current),
+            std::cmp::Ordering::Less => {
+                // Only free permits can be forgotten at once; the rest are taken, and dropped,
+                // as the lookups holding them finish.
+                let excess = *current - max_inflight;
+                let owed = (excess - self.permits.forget_permits(excess)) as u32;
+                if owed > 0 {
+                    let permits = Arc::clone(&self.permits);
+                    tokio::spawn(async move {
+                        if let Ok(taken) = permits.acquire_many(owed).await {
+                            taken.forget();
+                        }
+                    });
+                }
+            }
+            std::cmp::Ordering::Equal => {}
+        }
+        *current = max_inflight;
     }
 
     /// The cache's answer, counted. A stale known key is served as known and refreshed in the
@@ -161,7 +198,9 @@ impl KeyLookup {
         };
         let seen = self.announcements.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.timeout, self.store.fetch(&id)).await;
+        let store = self.store();
+        let timeout = Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed));
+        let answer = tokio::time::timeout(timeout, store.fetch(&id)).await;
         let doubtful = self.announcements.load(Ordering::SeqCst) != seen;
         let result = match &answer {
             Ok(Ok(Some(_))) => StoreResult::Found,

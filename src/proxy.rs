@@ -16,7 +16,7 @@
 use crate::answer::{self, Rejection};
 use crate::client_ip::limit_key;
 use crate::extract::{Extracted, KeySource};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RequestSettings};
 use crate::limit::Grant;
 use crate::lookup::{LookupError, Verdict};
 use crate::metrics::Outcome;
@@ -53,21 +53,19 @@ impl KeyGateProxy {
     /// Decides a request: the grant to forward it under, or why not.
     async fn decide(&self, session: &Session) -> Result<Arc<Grant>, Rejection> {
         let request = session.req_header();
-        let id = match self.gateway.config.api_key.extract(&request.headers, request.uri.query()) {
+        let settings = self.gateway.settings.load();
+        let charge = || charge_client(&settings, session);
+        let id = match settings.api_key.extract(&request.headers, request.uri.query()) {
             Extracted::Key(key) => key.id(),
-            Extracted::Missing => {
-                return Err(self.charge_client(session).err().unwrap_or(Rejection::MissingKey))
-            }
-            Extracted::Malformed => {
-                return Err(self.charge_client(session).err().unwrap_or(Rejection::MalformedKey))
-            }
+            Extracted::Missing => return Err(charge().err().unwrap_or(Rejection::MissingKey)),
+            Extracted::Malformed => return Err(charge().err().unwrap_or(Rejection::MalformedKey)),
         };
         let lookup = &self.gateway.lookup;
         let (verdict, charged) = match lookup.cached(&id) {
             Some(verdict) => (verdict, false),
             None => {
                 // Charged before the store is asked: junk costs its sender, not Redis.
-                self.charge_client(session)?;
+                charge()?;
                 let verdict = lookup.resolve(id).await.map_err(|e| match e {
                     LookupError::Unavailable => Rejection::StoreUnavailable,
                     LookupError::Overloaded => Rejection::Overloaded,
@@ -82,15 +80,15 @@ impl KeyGateProxy {
                 Ok(grant)
             }
             Verdict::Unknown if charged => Err(Rejection::UnknownKey),
-            Verdict::Unknown => Err(self.charge_client(session).err().unwrap_or(Rejection::UnknownKey)),
+            Verdict::Unknown => Err(charge().err().unwrap_or(Rejection::UnknownKey)),
         }
     }
+}
 
-    /// Charges a request without a usable key to its client's address.
-    fn charge_client(&self, session: &Session) -> Result<(), Rejection> {
-        let client = self.gateway.client_address.resolve(peer_ip(session), &session.req_header().headers);
-        self.gateway.ip_limiter.check(limit_key(client)).map_err(Rejection::RateLimited)
-    }
+/// Charges a request without a usable key to its client's address.
+fn charge_client(settings: &RequestSettings, session: &Session) -> Result<(), Rejection> {
+    let client = settings.client_address.resolve(peer_ip(session), &session.req_header().headers);
+    settings.ip_limiter.check(limit_key(client)).map_err(Rejection::RateLimited)
 }
 
 /// The connecting peer's address; a unix-socket peer (a local nginx) counts as loopback.
@@ -143,7 +141,7 @@ impl ProxyHttp for KeyGateProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent on a failed connect, so any request may go to the next peer.
-        if ctx.tried.len() < self.gateway.upstreams.peers.len() {
+        if ctx.tried.len() < self.gateway.upstreams.peer_count() {
             e.set_retry(true);
         }
         e
@@ -175,8 +173,9 @@ impl ProxyHttp for KeyGateProxy {
             earlier => format!("{}, {peer}", earlier.join(", ")),
         };
         upstream.insert_header("X-Forwarded-For", forwarded)?;
-        if !self.gateway.config.api_key.forward {
-            strip_key(upstream, &self.gateway.config.api_key.sources);
+        let settings = self.gateway.settings.load();
+        if !settings.api_key.forward {
+            strip_key(upstream, &settings.api_key.sources);
         }
         Ok(())
     }

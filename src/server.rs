@@ -13,7 +13,7 @@ use pingora::services::listening::Service;
 /// Runs until SIGTERM (graceful: in-flight requests finish within the grace period), SIGINT
 /// (at once) or SIGQUIT (graceful upgrade). With `upgrade`, takes the listening sockets over
 /// from the running instance.
-pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
+pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     let mut conf = ServerConf { threads: config.threads, ..ServerConf::default() };
     conf.grace_period_seconds = Some(config.grace_period.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(config.grace_period.as_secs().max(1));
@@ -29,7 +29,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
 
     let listen = config.listen.clone();
     let admin_listen = config.admin_listen.clone();
-    let (gateway, health_checks) = Gateway::start(config)?;
+    let (gateway, health_checks) = Gateway::start(config, config_path)?;
 
     let mut proxy = http_proxy_service(&server.configuration, KeyGateProxy::new(gateway.clone()));
     for listener in &listen {

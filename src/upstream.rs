@@ -2,31 +2,56 @@
 //!
 //! Round robin over `upstream.peers`, skipping peers that fail their health check and peers
 //! this request already failed to connect to (a connect failure sent nothing, so it is safe to
-//! try the next peer).
+//! try the next peer). The peer set sits behind a discovery of our own, so a reload can change
+//! it; Pingora keeps the health state of peers that stay.
 
 use crate::config::{HealthCheck, UpstreamConfig};
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, LoadBalancer};
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// The configured peers, replaceable at runtime.
+#[derive(Default)]
+struct PeerSet(RwLock<Vec<SocketAddr>>);
+
+struct PeerDiscovery(Arc<PeerSet>);
+
+#[async_trait]
+impl ServiceDiscovery for PeerDiscovery {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let peers = self.0 .0.read().unwrap_or_else(|e| e.into_inner());
+        let backends =
+            peers.iter().map(|addr| Backend::new(&addr.to_string())).collect::<pingora::Result<_>>()?;
+        Ok((backends, HashMap::new()))
+    }
+}
 
 pub struct Upstreams {
     balancer: Arc<LoadBalancer<RoundRobin>>,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    /// The configured peers, in order, for the health gauge.
-    pub peers: Vec<SocketAddr>,
+    peers: Arc<PeerSet>,
+    connect_timeout_ms: AtomicU64,
+    read_timeout_ms: AtomicU64,
 }
 
 impl Upstreams {
     /// Builds the balancer and the background service that runs its health checks.
     pub fn new(config: &UpstreamConfig) -> (Upstreams, GenBackgroundService<LoadBalancer<RoundRobin>>) {
-        let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(config.peers.iter().copied())
-            .expect("peers are resolved addresses");
+        let peers = Arc::new(PeerSet(RwLock::new(config.peers.clone())));
+        let mut balancer =
+            LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(PeerDiscovery(peers.clone()))));
+        // Discovery reads a list in memory: it completes at once, so the balancer has its
+        // peers before the first request, not only once the background service has started.
+        let _ = balancer.update().now_or_never();
         let interval = match &config.health_check {
             HealthCheck::Tcp { interval } => {
                 balancer.set_health_check(TcpHealthCheck::new());
@@ -44,11 +69,22 @@ impl Upstreams {
         let service = background_service("upstream health check", balancer);
         let upstreams = Upstreams {
             balancer: service.task(),
-            connect_timeout: config.connect_timeout,
-            read_timeout: config.read_timeout,
-            peers: config.peers.clone(),
+            peers,
+            connect_timeout_ms: AtomicU64::new(config.connect_timeout.as_millis() as u64),
+            read_timeout_ms: AtomicU64::new(config.read_timeout.as_millis() as u64),
         };
         (upstreams, service)
+    }
+
+    /// A reload: new peers (health kept for those that stay) and timeouts. The health check's
+    /// kind and interval need a restart.
+    pub async fn reconfigure(&self, config: &UpstreamConfig) {
+        *self.peers.0.write().unwrap_or_else(|e| e.into_inner()) = config.peers.clone();
+        if let Err(e) = self.balancer.update().await {
+            log::warn!("upstream peers not updated: {e}");
+        }
+        self.connect_timeout_ms.store(config.connect_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.read_timeout_ms.store(config.read_timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// A healthy peer this request has not failed on yet.
@@ -56,11 +92,17 @@ impl Upstreams {
         let backend = self
             .balancer
             .select_with(b"", 256, |backend, healthy| healthy && !tried.contains(&socket_addr(backend)))?;
+        let connect = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
         let mut peer = HttpPeer::new(socket_addr(&backend), false, String::new());
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.read_timeout = Some(Duration::from_millis(self.read_timeout_ms.load(Ordering::Relaxed)));
         Some(Box::new(peer))
+    }
+
+    /// How many peers are configured (the most a request can try).
+    pub fn peer_count(&self) -> usize {
+        self.peers.0.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Each configured peer and whether it passes its health check.
