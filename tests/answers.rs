@@ -276,12 +276,7 @@ fn the_file_store_serves_keys_by_key_or_by_id() {
     let id = keygate::key::ApiKey::from_cli("hidden-key").id().to_hex();
     let keys = dir.path().join("keys.yaml");
     std::fs::write(&keys, format!("keys:\n  - key: file-key\n    app: filed\n  - id: {id}\n    app: by-id\n  - key: off-key\n    app: x\n    status: revoked\n")).unwrap();
-    let setup = Setup {
-        store: format!("  file: {}\n", keys.display()),
-        peers: vec![upstream.addr.to_string()],
-        extra: String::new(),
-        generous_limits: true,
-    };
+    let setup = Setup::file(&keys, &upstream);
     let gateway = setup.start();
     assert_eq!(gateway.with_key("file-key").text(), r#"{"app":"filed","bytes":0}"#);
     assert_eq!(gateway.with_key("hidden-key").text(), r#"{"app":"by-id","bytes":0}"#);

@@ -195,6 +195,8 @@ pub struct Setup {
     pub extra: String,
     /// Whether `rate_limit` gets generous defaults (when `extra` does not set it).
     pub generous_limits: bool,
+    /// Listeners beside the TCP one the harness picks.
+    pub listeners: Vec<String>,
 }
 
 impl Setup {
@@ -204,7 +206,24 @@ impl Setup {
             peers: vec![upstream.addr.to_string()],
             extra: String::new(),
             generous_limits: true,
+            listeners: Vec::new(),
         }
+    }
+
+    /// The file store at `keys`.
+    pub fn file(keys: &std::path::Path, upstream: &Upstream) -> Setup {
+        Setup {
+            store: format!("  file: {}\n", keys.display()),
+            peers: vec![upstream.addr.to_string()],
+            extra: String::new(),
+            generous_limits: true,
+            listeners: Vec::new(),
+        }
+    }
+
+    pub fn listen(mut self, listener: &str) -> Setup {
+        self.listeners.push(listener.to_string());
+        self
     }
 
     pub fn extra(mut self, yaml: &str) -> Setup {
@@ -227,6 +246,7 @@ impl Setup {
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    pub config: PathBuf,
     child: Child,
     log: PathBuf,
     pub dir: tempfile::TempDir,
@@ -238,8 +258,10 @@ impl Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut yaml = format!(
-            "listen: [\"{addr}\"]\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: 1\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: 200}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
-            setup.peers, setup.store
+            "listen: {:?}\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: 1\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: 200}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
+            std::iter::once(addr.to_string()).chain(setup.listeners.iter().cloned()).collect::<Vec<_>>(),
+            setup.peers,
+            setup.store
         );
         if setup.generous_limits && !setup.extra.contains("rate_limit:") {
             yaml.push_str("rate_limit:\n  per_second: 100000\n  burst: 100000\n  unauthenticated_per_ip: {per_second: 100000, burst: 100000}\n");
@@ -257,7 +279,7 @@ impl Gateway {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let gateway = Gateway { addr, admin, child, log, dir };
+        let gateway = Gateway { addr, admin, config, child, log, dir };
         let up = eventually(Duration::from_secs(20), || {
             http::get(gateway.admin, "/healthz").is_ok_and(|r| r.status == 200)
                 && std::net::TcpStream::connect(gateway.addr).is_ok()
@@ -316,6 +338,22 @@ impl Gateway {
         for key in keys {
             assert!(!logs.contains(key), "a key reached the log:\n{logs}");
         }
+    }
+
+    /// Rewrites the config file with `edit` and sends SIGHUP; returns once the reload was
+    /// counted, ok or not.
+    pub fn reload(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
+        let before = self.reloads();
+        signal(self.pid(), "HUP");
+        let counted = eventually(Duration::from_secs(5), || self.reloads() > before);
+        assert!(counted.is_some(), "the reload was never counted:\n{}", self.logs());
+    }
+
+    fn reloads(&self) -> f64 {
+        self.metric(r#"keygate_config_reloads_total{result="ok"}"#)
+            + self.metric(r#"keygate_config_reloads_total{result="error"}"#)
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,119 @@
+//! Operating a running gateway: reload on SIGHUP, unix-socket listeners.
+
+mod common;
+
+use common::{eventually, Redis, Setup, Upstream};
+use std::time::Duration;
+
+#[test]
+fn after_sighup_a_tightened_limit_holds_and_traffic_goes_to_the_new_upstream() {
+    let (redis, old_upstream, new_upstream) = (Redis::start(), Upstream::start(), Upstream::start());
+    redis.put_key("steady-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &old_upstream)
+        .extra("rate_limit:\n  per_second: 1000\n  burst: 1000\n  unauthenticated_per_ip: {per_second: 1000, burst: 1000}")
+        .start();
+    for _ in 0..20 {
+        assert_eq!(gateway.with_key("steady-key").status, 200);
+    }
+    assert_eq!(old_upstream.count(), 20);
+
+    let (old, new) = (old_upstream.addr.to_string(), new_upstream.addr.to_string());
+    gateway.reload(|yaml| {
+        yaml.replace(&format!("peers: [\"{old}\"]"), &format!("peers: [\"{new}\"]"))
+            .replace("per_second: 1000\n  burst: 1000", "per_second: 0.5\n  burst: 3")
+    });
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    // The cached key is confirmed again in the background and picks the new limit up.
+    let limited = eventually(Duration::from_secs(2), || gateway.with_key("steady-key").status == 429);
+    assert!(limited.is_some(), "the tightened limit never held");
+    // The burst of 3, plus what the old limit let through while the key was being confirmed.
+    assert!((1..=5).contains(&new_upstream.count()), "new upstream saw {}", new_upstream.count());
+    let old_count = old_upstream.count();
+    assert!(old_count <= 21, "the old upstream kept getting traffic: {old_count}");
+    assert_eq!(gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{new}\"}}")), 1.0);
+    assert!(!gateway.metrics().contains(&old), "the removed peer left no series");
+}
+
+#[test]
+fn a_bad_file_is_refused_counted_and_logged_and_the_old_config_stays() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("steady-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    let good = std::fs::read_to_string(&gateway.config).unwrap();
+    gateway.reload(|yaml| format!("{yaml}cache:\n  ttl_s: 0\nfilter:\n  colour: blue\n"));
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="error"}"#), 1.0);
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 0.0);
+    let logs = gateway.logs();
+    assert!(
+        logs.contains("cache.ttl_s") && logs.contains("filter.colour"),
+        "every problem is logged:\n{logs}"
+    );
+    assert_eq!(gateway.with_key("steady-key").status, 200, "the running config stays");
+    gateway.reload(|_| good);
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+}
+
+#[test]
+fn a_key_added_to_the_file_store_is_served_after_sighup() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(&keys, "keys:\n  - key: first-key\n    app: one\n").unwrap();
+    let gateway = Setup::file(&keys, &upstream).start();
+    assert_eq!(gateway.with_key("first-key").status, 200);
+    gateway.with_key("second-key").assert_rejected(403, "unknown_api_key");
+
+    std::fs::write(&keys, "keys:\n  - key: second-key\n    app: two\n").unwrap();
+    gateway.reload(|yaml| yaml);
+    assert_eq!(gateway.with_key("second-key").text(), r#"{"app":"two","bytes":0}"#);
+    gateway.with_key("first-key").assert_rejected(403, "unknown_api_key");
+
+    // A broken key file is refused like a broken config, and the keys stay.
+    std::fs::write(&keys, "keys:\n  - app: no-key\n").unwrap();
+    gateway.reload(|yaml| yaml);
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="error"}"#), 1.0);
+    assert_eq!(gateway.with_key("second-key").status, 200);
+    gateway.assert_no_key_in_logs(&["first-key", "second-key"]);
+}
+
+#[test]
+fn a_unix_socket_listener_forwards() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("socket-key", &[("app", "acme")]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("keygate.sock");
+    let gateway = Setup::redis(&redis, &upstream).listen(&format!("unix:{}", socket.display())).start();
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /ingest HTTP/1.1\r\nHost: t\r\nX-ApiKey: socket-key\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"app":"acme","bytes":0}"#), "{answer}");
+    let seen = upstream.received();
+    assert_eq!(seen[0].header_values("x-forwarded-for"), ["127.0.0.1"], "a socket peer counts as loopback");
+    drop(gateway);
+}
+
+#[test]
+fn a_new_redis_url_on_reload_reconnects_and_forgets_the_old_stores_answers() {
+    let (first, second, upstream) = (Redis::start(), Redis::start(), Upstream::start());
+    first.put_key("first-only", &[("app", "one")]);
+    second.put_key("second-only", &[("app", "two")]);
+    let gateway = Setup::redis(&first, &upstream).start();
+    assert_eq!(gateway.with_key("first-only").status, 200);
+    gateway.with_key("second-only").assert_rejected(403, "unknown_api_key");
+
+    gateway.reload(|yaml| yaml.replace(&first.url(), &second.url()));
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    let moved = eventually(Duration::from_secs(3), || gateway.with_key("second-only").status == 200);
+    assert!(moved.is_some(), "the new store's key was never accepted");
+    gateway.with_key("first-only").assert_rejected(403, "unknown_api_key");
+    // Announcements now come from the new store.
+    assert!(eventually(Duration::from_secs(3), || gateway.metric("keygate_filter_trusted") == 1.0).is_some());
+    second.put_key("second-new", &[("app", "two")]);
+    second.announce("second-new");
+    assert!(eventually(Duration::from_secs(1), || gateway.with_key("second-new").status == 200).is_some());
+}
