@@ -19,7 +19,7 @@
 //!
 //! Around it: [`config`] (the YAML and its validation), [`invalidate`] (announcements from
 //! Redis), [`logging`] (stderr, never a key), [`gateway`] (the shared state), [`reload`] (SIGHUP), [`server`] (the Pingora server), [`cli`] (the
-//! command line) and [`demo_upstream`] (a tiny ingestion node for the demo and the tests).
+//! command line), [`keys`] (key management) and [`demo_upstream`] (a tiny ingestion node for the demo and the tests).
 
 pub mod admin;
 pub mod answer;
@@ -33,6 +33,7 @@ pub mod filter;
 pub mod gateway;
 pub mod invalidate;
 pub mod key;
+pub mod keys;
 pub mod limit;
 pub mod logging;
 pub mod lookup;
