@@ -1,13 +1,12 @@
 # keygate's one task runner; CI runs `make test` (through .ci/run) and nothing else.
 #   make demo   the gateway on conf/demo.yaml (file store) with a demo upstream on :8080
-#   make test   every test, installing what they need (cmake, redis-server) when missing
+#   make test   every test, installing what they need (cmake, redis-server, nginx) when missing
 #   make lint   rustfmt check and clippy with warnings denied
 #   make bench  criterion micro-benchmarks
 
 CARGO ?= cargo
 # One build profile for everything (tests, demo, benches): pingora builds once.
 PROFILE := --release
-APT_PACKAGES := cmake redis-server
 
 .PHONY: deps demo test lint bench build
 
@@ -15,6 +14,7 @@ deps:
 	@missing=""; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v cc >/dev/null || missing="$$missing build-essential"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \

@@ -42,6 +42,19 @@ impl Rejection {
         }
     }
 
+    /// The contract's error code, as in the body.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::MissingKey => "missing_api_key",
+            Rejection::MalformedKey => "malformed_api_key",
+            Rejection::UnknownKey => "unknown_api_key",
+            Rejection::DisabledKey => "disabled_api_key",
+            Rejection::RateLimited(_) => "rate_limited",
+            Rejection::StoreUnavailable => "key_store_unavailable",
+            Rejection::Overloaded => "overloaded",
+        }
+    }
+
     /// The JSON body; static, so a rejection allocates nothing for it.
     pub fn body(self) -> &'static str {
         match self {
@@ -148,6 +161,7 @@ mod tests {
         for (rejection, status, code, retry_after) in cases {
             assert_eq!(rejection.status(), status);
             assert_eq!(rejection.body(), format!(r#"{{"error":"{code}"}}"#));
+            assert_eq!(rejection.code(), code);
             assert_eq!(rejection.retry_after(), retry_after);
             let header = rejection.response_header();
             assert_eq!(header.headers["content-type"], "application/json");

@@ -13,6 +13,7 @@
 //! - [`lookup`]: what the cache ([`cache`]), the membership filter ([`filter`]) or else the
 //!   store ([`store`]) says about a key id.
 //! - [`limit`]: per-key and per-IP rate limits; [`client_ip`] says whose IP.
+//! - [`decide`]: the decision itself, shared by [`proxy`] and the nginx [`auth`] listener.
 //! - [`answer`]: the gateway's own rejections, as the contract's table says.
 //! - [`upstream`]: which ingestion node a forwarded request goes to.
 //! - [`metrics`]: what is counted, served by [`admin`].
@@ -23,10 +24,12 @@
 
 pub mod admin;
 pub mod answer;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod decide;
 pub mod demo_upstream;
 pub mod extract;
 pub mod filter;

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //!  request ──► request_filter ─────────────────────────────────────────► upstream_peer
-//!              │ extract   key from the configured sources (extract.rs)      pick a healthy
-//!              │ identify  its id, sha256                   (key.rs)         peer not yet tried
-//!              │ look up   cache, else filter, else store (lookup.rs)        (upstream.rs)
+//!              │ decide (decide.rs):                                          pick a healthy
+//!              │ extract   key from the configured sources (extract.rs)      peer not yet tried
+//!              │ identify  its id, sha256                   (key.rs)         (upstream.rs)
+//!              │ look up   cache, else filter, else store (lookup.rs)
 //!              │ limit     per key, or per IP without one   (limit.rs)          │
 //!              └─ any "no" ─► answer.rs: status + JSON body, Ok(true)       upstream_request_filter
 //!                                                                            X-Keygate-* replaced,
@@ -14,11 +15,10 @@
 //! `request_filter` returning `Ok(true)` means the gateway answered and nothing is forwarded.
 
 use crate::answer::{self, Rejection};
-use crate::client_ip::limit_key;
-use crate::extract::{Extracted, KeySource};
-use crate::gateway::{Gateway, RequestSettings};
+use crate::decide::{decide, RequestFacts};
+use crate::extract::KeySource;
+use crate::gateway::Gateway;
 use crate::limit::Grant;
-use crate::lookup::{LookupError, Verdict};
 use crate::metrics::Outcome;
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -49,51 +49,9 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
 }
 
-impl KeyGateProxy {
-    /// Decides a request: the grant to forward it under, or why not.
-    async fn decide(&self, session: &Session) -> Result<Arc<Grant>, Rejection> {
-        let request = session.req_header();
-        let settings = self.gateway.settings.load();
-        let charge = || charge_client(&settings, session);
-        let id = match settings.api_key.extract(&request.headers, request.uri.query()) {
-            Extracted::Key(key) => key.id(),
-            Extracted::Missing => return Err(charge().err().unwrap_or(Rejection::MissingKey)),
-            Extracted::Malformed => return Err(charge().err().unwrap_or(Rejection::MalformedKey)),
-        };
-        let lookup = &self.gateway.lookup;
-        let (verdict, charged) = match lookup.cached(&id) {
-            Some(verdict) => (verdict, false),
-            None => {
-                // Charged before the store is asked: junk costs its sender, not Redis.
-                charge()?;
-                let verdict = lookup.resolve(id).await.map_err(|e| match e {
-                    LookupError::Unavailable => Rejection::StoreUnavailable,
-                    LookupError::Overloaded => Rejection::Overloaded,
-                })?;
-                (verdict, true)
-            }
-        };
-        match verdict {
-            Verdict::Known(grant) if !grant.record.is_enabled() => Err(Rejection::DisabledKey),
-            Verdict::Known(grant) => {
-                grant.limiter.check().map_err(Rejection::RateLimited)?;
-                Ok(grant)
-            }
-            Verdict::Unknown if charged => Err(Rejection::UnknownKey),
-            Verdict::Unknown => Err(charge().err().unwrap_or(Rejection::UnknownKey)),
-        }
-    }
-}
-
-/// Charges a request without a usable key to its client's address.
-fn charge_client(settings: &RequestSettings, session: &Session) -> Result<(), Rejection> {
-    let client = settings.client_address.resolve(peer_ip(session), &session.req_header().headers);
-    settings.ip_limiter.check(limit_key(client)).map_err(Rejection::RateLimited)
-}
-
-/// The connecting peer's address; a unix-socket peer (a local nginx) counts as loopback.
-fn peer_ip(session: &Session) -> IpAddr {
-    session.client_addr().and_then(|a| a.as_inet()).map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
+/// The connecting peer's address; `None` for a unix-socket peer.
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
 #[async_trait]
@@ -105,7 +63,10 @@ impl ProxyHttp for KeyGateProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match self.decide(session).await {
+        let request = session.req_header();
+        let facts =
+            RequestFacts { headers: &request.headers, query: request.uri.query(), peer: peer_ip(session) };
+        match decide(&self.gateway, &facts).await {
             Ok(grant) => {
                 ctx.grant = Some(grant);
                 Ok(false)
@@ -159,9 +120,12 @@ impl ProxyHttp for KeyGateProxy {
             upstream.remove_header(&name);
         }
         if let Some(grant) = &ctx.grant {
-            upstream.insert_header("X-Keygate-App", &*grant.record.app)?;
+            // From bytes: an app may be UTF-8, which a header carries as opaque octets.
+            let app = http::HeaderValue::from_bytes(grant.record.app.as_bytes())
+                .map_err(|_| Error::explain(ErrorType::InternalError, "app is not a header value"))?;
+            upstream.insert_header("X-Keygate-App", app)?;
         }
-        let peer = peer_ip(session).to_string();
+        let peer = peer_ip(session).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)).to_string();
         let forwarded = match upstream
             .headers
             .get_all("x-forwarded-for")

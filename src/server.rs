@@ -2,6 +2,7 @@
 //! health checks, built from a validated [`Config`].
 
 use crate::admin::Admin;
+use crate::auth::AuthApp;
 use crate::config::{Config, Listener};
 use crate::gateway::Gateway;
 use crate::proxy::KeyGateProxy;
@@ -29,6 +30,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
 
     let listen = config.listen.clone();
     let admin_listen = config.admin_listen.clone();
+    let auth_listen = config.auth_listen.clone();
     let (gateway, health_checks) = Gateway::start(config, config_path)?;
 
     let mut proxy = http_proxy_service(&server.configuration, KeyGateProxy::new(gateway.clone()));
@@ -37,6 +39,11 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
     }
     server.add_service(proxy);
     server.add_service(health_checks);
+    if let Some(listener) = &auth_listen {
+        let mut auth = Service::new("keygate auth".to_string(), AuthApp::new(gateway.clone()));
+        add_listener(&mut auth, listener);
+        server.add_service(auth);
+    }
     if let Some(addr) = admin_listen {
         let mut admin = Service::new("keygate admin".to_string(), Admin::new(gateway));
         admin.add_tcp(&addr);

@@ -27,7 +27,7 @@ pub struct KeyRecord {
 pub enum RecordError {
     #[error("field `app` is missing")]
     MissingApp,
-    #[error("field `app` is empty or longer than 128 bytes")]
+    #[error("field `app` is empty, longer than 128 bytes, or holds control characters")]
     BadApp,
     #[error("field `{0}` is not a valid number")]
     BadNumber(&'static str),
@@ -58,7 +58,11 @@ impl KeyRecord {
 
     /// Checks what serde cannot: the app's length and the numbers' ranges.
     pub fn checked(self) -> Result<Self, RecordError> {
-        if self.app.is_empty() || self.app.len() > MAX_APP_LEN {
+        // The app travels as a header value: no control characters.
+        if self.app.is_empty()
+            || self.app.len() > MAX_APP_LEN
+            || self.app.bytes().any(|b| b.is_ascii_control())
+        {
             return Err(RecordError::BadApp);
         }
         if self.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {

@@ -41,7 +41,20 @@ pub struct Connection {
 
 impl Connection {
     pub fn open(addr: SocketAddr) -> std::io::Result<Connection> {
-        let stream = TcpStream::connect(addr)?;
+        Connection::wrap(TcpStream::connect(addr)?)
+    }
+
+    /// A connection from the loopback address `source` (any of 127.0.0.0/8), to play a client
+    /// at another address.
+    pub fn open_from(source: &str, addr: SocketAddr) -> std::io::Result<Connection> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let source: SocketAddr = format!("{source}:0").parse().expect("an IPv4 source");
+        socket.bind(&source.into())?;
+        socket.connect(&addr.into())?;
+        Connection::wrap(socket.into())
+    }
+
+    fn wrap(stream: TcpStream) -> std::io::Result<Connection> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
         Ok(Connection { reader: BufReader::new(stream) })

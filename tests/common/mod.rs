@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod nginx;
 
 use keygate::demo_upstream::{self, Journal, Received};
 use std::io::Read;

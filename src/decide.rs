@@ -1,0 +1,61 @@
+//! The gateway's decision for one request, shared by the proxy and the auth listener: extract
+//! the key, look it up, apply the limits. It sees only what a request carries (headers, the
+//! query string, the peer's address), so both listeners decide alike.
+
+use crate::answer::Rejection;
+use crate::client_ip::limit_key;
+use crate::extract::Extracted;
+use crate::gateway::Gateway;
+use crate::limit::Grant;
+use crate::lookup::{LookupError, Verdict};
+use http::HeaderMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+/// What a request carries that the decision reads.
+pub struct RequestFacts<'a> {
+    pub headers: &'a HeaderMap,
+    /// The query string, where a query key may be.
+    pub query: Option<&'a str>,
+    /// The connecting peer; `None` for a unix-socket peer (a local nginx), which counts as
+    /// loopback.
+    pub peer: Option<IpAddr>,
+}
+
+/// The grant to forward the request under, or why not.
+pub async fn decide(gateway: &Gateway, request: &RequestFacts<'_>) -> Result<Arc<Grant>, Rejection> {
+    let settings = gateway.settings.load();
+    // Requests without a usable key are charged to their client's address.
+    let charge = || {
+        let peer = request.peer.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let client = settings.client_address.resolve(peer, request.headers);
+        settings.ip_limiter.check(limit_key(client)).map_err(Rejection::RateLimited)
+    };
+    let id = match settings.api_key.extract(request.headers, request.query) {
+        Extracted::Key(key) => key.id(),
+        Extracted::Missing => return Err(charge().err().unwrap_or(Rejection::MissingKey)),
+        Extracted::Malformed => return Err(charge().err().unwrap_or(Rejection::MalformedKey)),
+    };
+    let lookup = &gateway.lookup;
+    let (verdict, charged) = match lookup.cached(&id) {
+        Some(verdict) => (verdict, false),
+        None => {
+            // Charged before the store is asked: junk costs its sender, not Redis.
+            charge()?;
+            let verdict = lookup.resolve(id).await.map_err(|e| match e {
+                LookupError::Unavailable => Rejection::StoreUnavailable,
+                LookupError::Overloaded => Rejection::Overloaded,
+            })?;
+            (verdict, true)
+        }
+    };
+    match verdict {
+        Verdict::Known(grant) if !grant.record.is_enabled() => Err(Rejection::DisabledKey),
+        Verdict::Known(grant) => {
+            grant.limiter.check().map_err(Rejection::RateLimited)?;
+            Ok(grant)
+        }
+        Verdict::Unknown if charged => Err(Rejection::UnknownKey),
+        Verdict::Unknown => Err(charge().err().unwrap_or(Rejection::UnknownKey)),
+    }
+}
