@@ -27,6 +27,10 @@ impl Admin {
         let cache = &gateway.lookup.cache;
         metrics.cache_entries.with_label_values(&["positive"]).set(cache.known_len() as i64);
         metrics.cache_entries.with_label_values(&["negative"]).set(cache.unknown_len() as i64);
+        if let Some(log) = &gateway.access_log {
+            let skipped = log.skipped.load(std::sync::atomic::Ordering::Relaxed);
+            metrics.access_log_skipped.inc_by(skipped.saturating_sub(metrics.access_log_skipped.get()));
+        }
         let (keys, bytes, age) = gateway.lookup.filter.stats();
         metrics.filter_keys.set(keys as i64);
         metrics.filter_bytes.set(bytes as i64);

@@ -3,6 +3,7 @@
 //! forward; otherwise the very status, body and headers the proxy would send. A query key is
 //! read from `X-Original-URI` (nginx: `proxy_set_header X-Original-URI $request_uri;`).
 
+use crate::access_log::Entry;
 use crate::answer::Rejection;
 use crate::decide::{decide, RequestFacts};
 use crate::gateway::Gateway;
@@ -41,16 +42,36 @@ impl ServeHttp for AuthApp {
         if !drain(session).await {
             session.set_keepalive(None);
         }
-        let (response, outcome) = match decision {
+        let (response, outcome) = match &decision {
             Ok(grant) => {
                 let allowed =
                     Response::builder().status(204).header("X-Keygate-App", grant.record.app.as_bytes());
                 (allowed.body(Vec::new()), Outcome::Forwarded)
             }
-            Err(rejection) => (rejected(rejection), rejection.outcome()),
+            Err(rejection) => (rejected(*rejection), rejection.outcome()),
         };
-        self.gateway.metrics.request(outcome, started.elapsed());
-        response.unwrap_or_else(|_| Response::builder().status(500).body(Vec::new()).expect("a bare 500"))
+        let response = response
+            .unwrap_or_else(|_| Response::builder().status(500).body(Vec::new()).expect("a bare 500"));
+        let elapsed = started.elapsed();
+        self.gateway.metrics.request(outcome, elapsed);
+        if let Some(log) = &self.gateway.access_log {
+            let request = session.req_header();
+            let client = self.gateway.settings.load().client_address.resolve(
+                peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+                &request.headers,
+            );
+            log.record(&Entry {
+                client: Some(client),
+                method: request.method.as_str(),
+                path: original.as_ref().map_or(request.uri.path(), |uri| uri.path()),
+                status: response.status().as_u16(),
+                outcome,
+                app: decision.as_ref().ok().map(|g| &*g.record.app),
+                upstream: None,
+                duration: elapsed,
+            });
+        }
+        response
     }
 }
 

@@ -3,6 +3,7 @@
 //! change is either behind an [`ArcSwap`] (read once per request) or held by a stage that
 //! changes in place (see [`crate::reload`]).
 
+use crate::access_log::AccessLog;
 use crate::cache::KeyCache;
 use crate::client_ip::ClientAddress;
 use crate::config::{Config, StoreBackend};
@@ -42,6 +43,8 @@ pub struct Gateway {
     pub lookup: Arc<KeyLookup>,
     pub metrics: Arc<Metrics>,
     pub upstreams: Upstreams,
+    /// The JSON access log, when configured (changing it needs a restart).
+    pub access_log: Option<AccessLog>,
     /// True while the invalidation subscription is up (always true for the file store).
     pub subscribed: Arc<AtomicBool>,
     /// The file a reload reads; none for a gateway built in a test from a value.
@@ -80,12 +83,14 @@ impl Gateway {
             Arc::clone(&metrics),
         ));
         let (upstreams, health_service) = Upstreams::new(&config.upstream);
+        let access_log = config.access_log.as_ref().map(AccessLog::open).transpose()?;
         let gateway = Arc::new(Gateway {
             settings: ArcSwap::from_pointee(RequestSettings::new(&config, None)),
             config: ArcSwap::from_pointee(config),
             lookup,
             metrics,
             upstreams,
+            access_log,
             subscribed: Arc::new(AtomicBool::new(false)),
             config_path,
             announcements: Mutex::new(None),

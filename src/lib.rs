@@ -16,12 +16,13 @@
 //! - [`decide`]: the decision itself, shared by [`proxy`] and the nginx [`auth`] listener.
 //! - [`answer`]: the gateway's own rejections, as the contract's table says.
 //! - [`upstream`]: which ingestion node a forwarded request goes to.
-//! - [`metrics`]: what is counted, served by [`admin`].
+//! - [`metrics`]: what is counted, served by [`admin`]; [`access_log`]: one JSON line a request.
 //!
 //! Around it: [`config`] (the YAML and its validation), [`invalidate`] (announcements from
 //! Redis), [`logging`] (stderr, never a key), [`gateway`] (the shared state), [`reload`] (SIGHUP), [`server`] (the Pingora server), [`cli`] (the
 //! command line), [`keys`] (key management) and [`demo_upstream`] (a tiny ingestion node for the demo and the tests).
 
+pub mod access_log;
 pub mod admin;
 pub mod answer;
 pub mod auth;

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub upstream_healthy: IntGaugeVec,
     config_reloads: IntCounterVec,
     filter_rejections: IntCounter,
+    /// Brought up to the access log's own count at scrape time.
+    pub access_log_skipped: IntCounter,
     filter_rebuilds: IntCounterVec,
     /// Set at scrape time from the filter.
     pub filter_keys: IntGauge,
@@ -162,8 +164,14 @@ impl Metrics {
             "1 while the filter may reject keys (built, no announcement missed since).",
         )
         .expect("valid metric");
+        let access_log_skipped = IntCounter::new(
+            "keygate_access_log_skipped_total",
+            "Access log lines not written: rejections sampled out, or dropped on a full queue.",
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(filter_rejections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(access_log_skipped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(filter_rejections.clone()),
             Box::new(filter_rebuilds.clone()),
             Box::new(filter_keys.clone()),
             Box::new(filter_bytes.clone()),
@@ -198,6 +206,7 @@ impl Metrics {
             upstream_healthy,
             config_reloads,
             filter_rejections,
+            access_log_skipped,
             filter_rebuilds,
             filter_keys,
             filter_bytes,

@@ -14,6 +14,7 @@
 //!
 //! `request_filter` returning `Ok(true)` means the gateway answered and nothing is forwarded.
 
+use crate::access_log::Entry;
 use crate::answer::{self, Rejection};
 use crate::decide::{decide, RequestFacts};
 use crate::extract::KeySource;
@@ -144,7 +145,7 @@ impl ProxyHttp for KeyGateProxy {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         let outcome = match (ctx.rejected, error) {
             (Some(rejection), _) => rejection.outcome(),
             (None, Some(e)) if *e.esource() == ErrorSource::Upstream || ctx.grant.is_some() => {
@@ -152,7 +153,22 @@ impl ProxyHttp for KeyGateProxy {
             }
             _ => Outcome::Forwarded,
         };
-        self.gateway.metrics.request(outcome, ctx.started.elapsed());
+        let elapsed = ctx.started.elapsed();
+        self.gateway.metrics.request(outcome, elapsed);
+        if let Some(log) = &self.gateway.access_log {
+            let request = session.req_header();
+            let peer = peer_ip(session).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            log.record(&Entry {
+                client: Some(self.gateway.settings.load().client_address.resolve(peer, &request.headers)),
+                method: request.method.as_str(),
+                path: request.uri.path(),
+                status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                outcome,
+                app: ctx.grant.as_ref().map(|g| &*g.record.app),
+                upstream: ctx.tried.last().copied(),
+                duration: elapsed,
+            });
+        }
     }
 
     /// Pingora's default summary holds the query string, where a key may be: never log it.

@@ -12,7 +12,7 @@
 //!   is opened anew, the cache forgets what the old one said and the filter is rebuilt;
 //! - upstream peers and timeouts are replaced; peers that stay keep their health;
 //! - listeners, threads, the pid file, the upgrade socket, the health check's kind and the
-//!   filter's settings cannot change: a graceful upgrade (`keygate -u`) changes them.
+//!   filter's and the access log's settings cannot change: a graceful upgrade (`keygate -u`) changes them.
 
 use crate::config::{Config, StoreBackend};
 use crate::gateway::{open_store, Gateway, RequestSettings};
@@ -88,6 +88,7 @@ fn warn_about_what_needs_a_restart(old: &Config, new: &Config) {
         ("cache.capacity", old.cache.capacity != new.cache.capacity),
         ("cache.negative_capacity", old.cache.negative_capacity != new.cache.negative_capacity),
         ("filter", old.filter != new.filter),
+        ("access_log", old.access_log != new.access_log),
     ];
     for (field, changed) in fixed {
         if changed {

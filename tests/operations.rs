@@ -117,3 +117,46 @@ fn a_new_redis_url_on_reload_reconnects_and_forgets_the_old_stores_answers() {
     second.announce("second-new");
     assert!(eventually(Duration::from_secs(1), || gateway.with_key("second-new").status == 200).is_some());
 }
+
+#[test]
+fn the_access_log_has_a_json_line_per_request_samples_rejections_and_never_a_key() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("logged-key", &[("app", "acme")]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra(&format!("access_log: {{path: {}, rejections_per_second: 5}}", log.display()))
+        .extra("trusted_proxies: [127.0.0.1/32]")
+        .start();
+    for _ in 0..3 {
+        let response = gateway.get("/ingest?apikey=logged-key&x=1", &[("X-Forwarded-For", "203.0.113.9")]);
+        assert_eq!(response.status, 200);
+    }
+    for n in 0..50 {
+        gateway.with_key(&format!("junk-key-{n}")).assert_rejected(403, "unknown_api_key");
+    }
+    let complete = eventually(Duration::from_secs(3), || {
+        std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains("forwarded")).count()
+            == 3
+    });
+    assert!(complete.is_some(), "the forwarded requests were not all logged");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let forwarded: Vec<&str> = text.lines().filter(|l| l.contains("\"outcome\":\"forwarded\"")).collect();
+    let line = forwarded[0];
+    for field in [
+        "\"client\":\"203.0.113.9\"",
+        "\"method\":\"GET\"",
+        "\"path\":\"/ingest\"",
+        "\"status\":200",
+        "\"app\":\"acme\"",
+        &format!("\"upstream\":\"{}\"", upstream.addr),
+        "\"duration_ms\":",
+        "\"time\":\"20",
+    ] {
+        assert!(line.contains(field), "`{field}` missing from {line}");
+    }
+    let rejected = text.lines().filter(|l| l.contains("unknown_key")).count();
+    assert!((1..=10).contains(&rejected), "{rejected} of 50 rejections logged at 5/s");
+    assert!(gateway.metric("keygate_access_log_skipped_total") >= 40.0);
+    assert!(!text.contains("logged-key") && !text.contains("junk-key"), "a key reached the access log");
+}

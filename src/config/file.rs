@@ -158,6 +158,16 @@ impl Default for FilterFile {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// `stderr`, or a file to append to.
+    #[serde(default = "defaults::access_log_path")]
+    pub path: String,
+    #[serde(default = "defaults::rejections_per_second")]
+    pub rejections_per_second: u32,
+}
+
 /// The defaults the contract documents, in one place.
 pub mod defaults {
     use super::SourceFile;
@@ -221,6 +231,12 @@ pub mod defaults {
     }
     pub fn grace_period_s() -> u64 {
         5
+    }
+    pub fn access_log_path() -> String {
+        "stderr".into()
+    }
+    pub fn rejections_per_second() -> u32 {
+        100
     }
     pub fn rebuild_interval_s() -> u64 {
         300

@@ -9,7 +9,9 @@ mod problems;
 
 use crate::extract::{KeyExtractor, KeySource};
 use crate::filter::FilterConfig;
-use file::{defaults, ApiKeyFile, CacheFile, FilterFile, RateLimitFile, StoreFile, UpstreamFile};
+use file::{
+    defaults, AccessLogFile, ApiKeyFile, CacheFile, FilterFile, RateLimitFile, StoreFile, UpstreamFile,
+};
 use ipnet::IpNet;
 use problems::Problems;
 pub use problems::{ConfigErrors, Problem};
@@ -42,6 +44,16 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The JSON access log, when configured.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// A file to append to; `None` for stderr.
+    pub path: Option<PathBuf>,
+    /// Rejections logged per second at most (forwarded requests are always logged).
+    pub rejections_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +131,7 @@ const TOP_LEVEL: &[&str] = &[
     "filter",
     "rate_limit",
     "trusted_proxies",
+    "access_log",
 ];
 
 impl Config {
@@ -222,6 +235,16 @@ impl Config {
             .filter_map(|(i, net)| network(&mut p, &format!("trusted_proxies[{i}]"), net))
             .collect();
 
+        let access_log =
+            section("access_log").and_then(|v| p.typed::<AccessLogFile>("access_log", v)).map(|a| {
+                if a.rejections_per_second == 0 {
+                    p.add("access_log.rejections_per_second", "must be at least 1");
+                }
+                AccessLogConfig {
+                    path: (a.path != "stderr").then(|| base.join(&a.path)),
+                    rejections_per_second: a.rejections_per_second,
+                }
+            });
         match (upstream, api_key, store, cache, filter, rate_limit) {
             (Some(upstream), Some(api_key), Some(store), Some(cache), Some(filter), Some(rate_limit))
                 if p.is_empty() =>
@@ -241,6 +264,7 @@ impl Config {
                     filter,
                     rate_limit,
                     trusted_proxies,
+                    access_log,
                 })
             }
             _ => Err(p.into_vec()),

@@ -1,0 +1,190 @@
+//! The access log: one JSON line per request, to stderr or a file.
+//!
+//! Lines are handed to a writer thread over a bounded channel, so a slow disk never holds up a
+//! request; when the channel is full the line is dropped and counted. Forwarded requests are
+//! always logged; rejections are sampled under `rejections_per_second`, so an attack cannot
+//! flood the disk. Never a key: the path is logged without its query string.
+
+use crate::config::AccessLogConfig;
+use crate::metrics::Outcome;
+use governor::{DefaultDirectRateLimiter, Quota};
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Lines waiting for the writer; past this a burst is dropped rather than queued.
+const QUEUE: usize = 16_384;
+/// How often the writer flushes while lines keep coming.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// One finished request.
+pub struct Entry<'a> {
+    pub client: Option<IpAddr>,
+    pub method: &'a str,
+    /// The path only: the query string may hold a key.
+    pub path: &'a str,
+    pub status: u16,
+    pub outcome: Outcome,
+    pub app: Option<&'a str>,
+    pub upstream: Option<SocketAddr>,
+    pub duration: Duration,
+}
+
+pub struct AccessLog {
+    lines: SyncSender<String>,
+    rejections: DefaultDirectRateLimiter,
+    /// Lines not written: sampled out, or dropped on a full queue.
+    pub skipped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Opens the log and starts its writer thread.
+    pub fn open(config: &AccessLogConfig) -> std::io::Result<AccessLog> {
+        let sink: Box<dyn Write + Send> = match config.path.as_deref() {
+            None => Box::new(std::io::stderr()),
+            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (lines, queue) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("keygate-access-log".into())
+            .spawn(move || write_lines(queue, sink))?;
+        let per_second = NonZeroU32::new(config.rejections_per_second).unwrap_or(NonZeroU32::MIN);
+        Ok(AccessLog {
+            lines,
+            rejections: DefaultDirectRateLimiter::direct(Quota::per_second(per_second)),
+            skipped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn record(&self, entry: &Entry<'_>) {
+        if entry.outcome != Outcome::Forwarded && self.rejections.check().is_err() {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.lines.try_send(format_line(entry, SystemTime::now())) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn write_lines(queue: Receiver<String>, sink: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::new(sink);
+    loop {
+        match queue.recv_timeout(FLUSH_EVERY) {
+            Ok(line) => {
+                let _ = out.write_all(line.as_bytes());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = out.flush();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+    }
+}
+
+/// The JSON line for `entry`, newline included.
+pub fn format_line(entry: &Entry<'_>, at: SystemTime) -> String {
+    let mut line = String::with_capacity(256);
+    line.push_str("{\"time\":\"");
+    push_time(&mut line, at);
+    line.push_str("\",\"client\":");
+    push_optional(&mut line, entry.client.map(|c| c.to_string()).as_deref());
+    line.push_str(",\"method\":");
+    push_string(&mut line, entry.method);
+    line.push_str(",\"path\":");
+    push_string(&mut line, entry.path);
+    let _ = write!(line, ",\"status\":{},\"outcome\":\"{}\",\"app\":", entry.status, entry.outcome.as_str());
+    push_optional(&mut line, entry.app);
+    line.push_str(",\"upstream\":");
+    push_optional(&mut line, entry.upstream.map(|u| u.to_string()).as_deref());
+    let _ = writeln!(line, ",\"duration_ms\":{:.3}}}", entry.duration.as_secs_f64() * 1000.0);
+    line
+}
+
+fn push_optional(line: &mut String, value: Option<&str>) {
+    match value {
+        Some(value) => push_string(line, value),
+        None => line.push_str("null"),
+    }
+}
+
+fn push_string(line: &mut String, value: &str) {
+    line.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(line, "\\u{:04x}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+    line.push('"');
+}
+
+/// RFC 3339 UTC with milliseconds, from the days-to-civil algorithm (no calendar crate).
+fn push_time(line: &mut String, at: SystemTime) {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (days, seconds) = ((since.as_secs() / 86_400) as i64, since.as_secs() % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        line,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60,
+        since.subsec_millis()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_one_json_object_with_every_field() {
+        let entry = Entry {
+            client: Some("203.0.113.7".parse().unwrap()),
+            method: "POST",
+            path: "/ingest/\"odd\"",
+            status: 200,
+            outcome: Outcome::Forwarded,
+            app: Some("acme"),
+            upstream: Some("127.0.0.1:8080".parse().unwrap()),
+            duration: Duration::from_micros(1500),
+        };
+        let at = UNIX_EPOCH + Duration::from_millis(1_764_133_591_123);
+        assert_eq!(
+            format_line(&entry, at),
+            "{\"time\":\"2025-11-26T05:06:31.123Z\",\"client\":\"203.0.113.7\",\"method\":\"POST\",\
+             \"path\":\"/ingest/\\\"odd\\\"\",\"status\":200,\"outcome\":\"forwarded\",\"app\":\"acme\",\
+             \"upstream\":\"127.0.0.1:8080\",\"duration_ms\":1.500}\n"
+        );
+    }
+
+    #[test]
+    fn dates_are_right_across_leap_years() {
+        let mut line = String::new();
+        push_time(&mut line, UNIX_EPOCH + Duration::from_secs(951_782_400)); // 2000-02-29
+        assert_eq!(line, "2000-02-29T00:00:00.000Z");
+    }
+}
