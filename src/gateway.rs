@@ -52,8 +52,19 @@ pub struct Gateway {
     /// The invalidation listener, replaced when a reload changes the store.
     announcements: Mutex<Option<JoinHandle<()>>>,
     /// Drives the Redis connections and the background tasks, apart from Pingora's runtimes,
-    /// so they exist before the server starts and outlive any one service.
-    tasks: Runtime,
+    /// so they exist before the server starts and outlive any one service. An `Option` only so
+    /// that `drop` can take it (see there).
+    tasks: Option<Runtime>,
+}
+
+impl Drop for Gateway {
+    /// The last reference may go in an async context (a service's runtime shutting down),
+    /// where dropping a runtime would panic: shut it down without waiting instead.
+    fn drop(&mut self) {
+        if let Some(tasks) = self.tasks.take() {
+            tasks.shutdown_background();
+        }
+    }
 }
 
 impl Gateway {
@@ -94,15 +105,15 @@ impl Gateway {
             subscribed: Arc::new(AtomicBool::new(false)),
             config_path,
             announcements: Mutex::new(None),
-            tasks,
+            tasks: Some(tasks),
         });
         gateway.listen_for_announcements();
         if gateway.config.load().filter.enabled {
             let (lookup, metrics) = (Arc::clone(&gateway.lookup), Arc::clone(&gateway.metrics));
-            gateway.tasks.spawn(filter::rebuild::maintain(lookup, metrics));
+            gateway.spawn(filter::rebuild::maintain(lookup, metrics));
         }
-        gateway.tasks.spawn(forget_idle_addresses(Arc::downgrade(&gateway)));
-        gateway.tasks.spawn(crate::reload::on_hangup(Arc::downgrade(&gateway)));
+        gateway.spawn(forget_idle_addresses(Arc::downgrade(&gateway)));
+        gateway.spawn(crate::reload::on_hangup(Arc::downgrade(&gateway)));
         Ok((gateway, health_service))
     }
 
@@ -120,7 +131,8 @@ impl Gateway {
                 let channel = format!("{prefix}invalidate");
                 let (lookup, subscribed) = (Arc::clone(&self.lookup), Arc::clone(&self.subscribed));
                 subscribed.store(false, Ordering::SeqCst);
-                *current = Some(self.tasks.spawn(invalidate::listen(client, channel, lookup, subscribed)));
+                *current =
+                    Some(self.runtime().spawn(invalidate::listen(client, channel, lookup, subscribed)));
             }
             StoreBackend::File(_) => {
                 self.subscribed.store(true, Ordering::SeqCst);
@@ -131,7 +143,11 @@ impl Gateway {
 
     /// Runs `future` on the background runtime.
     pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, future: F) {
-        self.tasks.spawn(future);
+        self.runtime().spawn(future);
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.tasks.as_ref().expect("the runtime lives as long as the gateway")
     }
 }
 

@@ -45,12 +45,14 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
         server.add_service(auth);
     }
     if let Some(addr) = admin_listen {
-        let mut admin = Service::new("keygate admin".to_string(), Admin::new(gateway));
+        let mut admin = Service::new("keygate admin".to_string(), Admin::new(gateway.clone()));
         admin.add_tcp(&addr);
         server.add_service(admin);
     }
     log::info!("keygate listening on {listen:?}");
     server.run(RunArgs::default());
+    // The services are gone; the gateway is dropped here, on the main thread.
+    drop(gateway);
     Ok(())
 }
 

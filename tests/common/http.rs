@@ -85,7 +85,12 @@ impl Connection {
         self.send_raw(&bytes)
     }
 
-    fn read_response(&mut self) -> std::io::Result<Response> {
+    /// The raw stream, to send a request in pieces.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.reader.get_mut()
+    }
+
+    pub fn read_response(&mut self) -> std::io::Result<Response> {
         let mut status_line = String::new();
         if self.reader.read_line(&mut status_line)? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));

@@ -259,7 +259,7 @@ impl Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut yaml = format!(
-            "listen: {:?}\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: 1\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: 200}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
+            "listen: {:?}\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: 1\npid_file: keygate.pid\nupgrade_sock: upgrade.sock\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: 200}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
             std::iter::once(addr.to_string()).chain(setup.listeners.iter().cloned()).collect::<Vec<_>>(),
             setup.peers,
             setup.store
@@ -355,6 +355,44 @@ impl Gateway {
     fn reloads(&self) -> f64 {
         self.metric(r#"keygate_config_reloads_total{result="ok"}"#)
             + self.metric(r#"keygate_config_reloads_total{result="error"}"#)
+    }
+
+    pub fn signal(&self, name: &str) {
+        signal(self.pid(), name);
+    }
+
+    /// Waits up to `within` for the process to exit; its status, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        eventually(within, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Pingora's graceful upgrade: a new process started with `-u` takes the listening sockets
+    /// over from this one, which is then sent SIGQUIT and drains. Returns once the new process
+    /// serves and the old one is gone.
+    pub fn upgrade(&mut self) {
+        let new = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("-u")
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&self.log).unwrap())
+            .spawn()
+            .unwrap();
+        // The new process waits on the upgrade socket for the old one's listeners.
+        let sock = self.dir.path().join("upgrade.sock");
+        let waiting = eventually(Duration::from_secs(10), || sock.exists());
+        assert!(waiting.is_some(), "the new process never opened the upgrade socket:\n{}", self.logs());
+        std::thread::sleep(Duration::from_millis(100));
+        self.signal("QUIT");
+        let mut old = std::mem::replace(&mut self.child, new);
+        let gone = eventually(Duration::from_secs(15), || old.try_wait().ok().flatten().is_some());
+        assert!(gone.is_some(), "the old process never exited:\n{}", self.logs());
     }
 
     pub fn pid(&self) -> u32 {

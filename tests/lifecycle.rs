@@ -1,0 +1,101 @@
+//! Stopping and upgrading a running gateway without losing a request, and the shipped unit.
+
+mod common;
+
+use common::http::{self, Connection};
+use common::{Redis, Setup, Upstream};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[test]
+fn sigterm_lets_a_slow_upload_in_flight_finish_then_exits() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("upload-key", &[("app", "acme")]);
+    let mut gateway = Setup::redis(&redis, &upstream).start();
+    gateway.reload(|yaml| yaml.replace("grace_period_s: 1", "grace_period_s: 3"));
+
+    let mut upload = Connection::open(gateway.addr).unwrap();
+    let body = vec![b'x'; 30_000];
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nHost: t\r\nX-ApiKey: upload-key\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let stream = upload.stream();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..10_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    gateway.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    for chunk in body[10_000..].chunks(10_000) {
+        upload.stream().write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let response = upload.read_response().unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.text(), r#"{"app":"acme","bytes":30000}"#);
+    assert_eq!(upstream.received()[0].body.len(), 30_000);
+    let status = gateway.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "exited with {status:?}");
+    assert!(http::get(gateway.addr, "/").is_err(), "still accepting after the stop");
+    assert!(!gateway.logs().contains("panicked"), "the stop panicked:\n{}", gateway.logs());
+}
+
+#[test]
+fn a_graceful_upgrade_under_steady_load_fails_no_request() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("steady-key", &[("app", "acme")]);
+    let mut gateway = Setup::redis(&redis, &upstream).start();
+    let running = Arc::new(AtomicBool::new(true));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (running, sent, failed, addr) = (running.clone(), sent.clone(), failed.clone(), gateway.addr);
+            std::thread::spawn(move || {
+                while running.load(Ordering::SeqCst) {
+                    let ok =
+                        http::request(addr, "POST", "/ingest", &[("X-ApiKey", "steady-key")], b"{\"e\":1}")
+                            .is_ok_and(|r| r.status == 200);
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    if !ok {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        gateway.upgrade();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    running.store(false, Ordering::SeqCst);
+    clients.into_iter().for_each(|c| c.join().unwrap());
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(sent > 100, "only {sent} requests were sent");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed across three upgrades");
+    assert_eq!(upstream.count(), sent);
+    assert!(!gateway.logs().contains("panicked"), "an instance panicked:\n{}", gateway.logs());
+}
+
+#[test]
+fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/keygate.service")).unwrap();
+    for hardening in
+        ["NoNewPrivileges=yes", "ProtectSystem=strict", "LimitNOFILE=", "ExecReload=", "Restart=on-failure"]
+    {
+        assert!(unit.contains(hardening), "the unit lacks {hardening}");
+    }
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keygate.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/keygate", env!("CARGO_BIN_EXE_keygate"))).unwrap();
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output();
+    let out = out.expect("systemd-analyze is installed (make test installs systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+}
