@@ -160,3 +160,25 @@ fn the_access_log_has_a_json_line_per_request_samples_rejections_and_never_a_key
     assert!(gateway.metric("keygate_access_log_skipped_total") >= 40.0);
     assert!(!text.contains("logged-key") && !text.contains("junk-key"), "a key reached the access log");
 }
+
+#[test]
+fn the_shipped_alerts_and_dashboard_name_only_metrics_keygate_exports() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream).start();
+    let exported = gateway.metrics();
+    let monitoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/monitoring");
+    let mut named = 0;
+    for file in ["keygate-alerts.yml", "grafana-dashboard.json", "prometheus.yml"] {
+        let text = std::fs::read_to_string(monitoring.join(file)).unwrap();
+        let _: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("keygate_") {
+            let name: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[at + name.len()..];
+            assert!(exported.contains(&format!("\n{name}")), "{file} names `{name}`, which keygate does not export");
+            named += 1;
+        }
+    }
+    assert!(named >= 10, "only {named} metric names found");
+}
