@@ -44,3 +44,4 @@ lint:
 
 bench: deps
 	$(CARGO) bench --bench decision
+	$(CARGO) bench --bench memory

@@ -176,7 +176,10 @@ fn the_shipped_alerts_and_dashboard_name_only_metrics_keygate_exports() {
             let name: String =
                 rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             rest = &rest[at + name.len()..];
-            assert!(exported.contains(&format!("\n{name}")), "{file} names `{name}`, which keygate does not export");
+            assert!(
+                exported.contains(&format!("\n{name}")),
+                "{file} names `{name}`, which keygate does not export"
+            );
             named += 1;
         }
     }
