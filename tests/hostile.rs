@@ -1,0 +1,131 @@
+//! Hostile input: whatever a client sends, it gets a 4xx or a closed connection, never a crash,
+//! never a store read it need not cost, and nothing smuggled reaches an upstream.
+
+mod common;
+
+use common::http::Connection;
+use common::{Redis, Setup, Upstream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Sends `bytes` raw and returns what came back before the server closed or went quiet.
+fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(answer: &str) -> Option<u16> {
+    answer.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+fn assert_refused_or_closed(answer: &str, what: &str) {
+    match status_of(answer) {
+        None => {}
+        Some(status) => assert!((400..500).contains(&status), "{what}: answered {status}:\n{answer}"),
+    }
+}
+
+#[test]
+fn oversized_or_too_many_headers_are_refused_without_a_store_read() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    redis.reset_stats();
+
+    let huge_value = format!("GET / HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    assert_refused_or_closed(&raw(gateway.addr, huge_value.as_bytes()), "a 1 MiB header");
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\n");
+    for n in 0..5000 {
+        many.push_str(&format!("X-H{n}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_refused_or_closed(&raw(gateway.addr, many.as_bytes()), "5000 headers");
+    assert_eq!(redis.reads(), 0);
+    assert_eq!(upstream.count(), 0);
+    assert_eq!(gateway.with_key("valid-key").status, 200, "the gateway is still up");
+}
+
+#[test]
+fn request_smuggling_payloads_smuggle_nothing_upstream() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\n\r\n";
+    let payloads = [
+        // CL.TE: the front counts 4 bytes of body, a back end reading chunks would see more.
+        format!("POST /a HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        // TE.CL
+        format!("POST /b HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len()),
+        // Two differing Content-Lengths.
+        format!("POST /c HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len()),
+        // An obfuscated Transfer-Encoding.
+        format!("POST /d HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nTransfer-Encoding: xchunked\r\nContent-Length: 0\r\n\r\n{smuggled}"),
+        // A rejected request carrying a second one in its body.
+        format!("POST /e HTTP/1.1\r\nHost: t\r\nX-ApiKey: unknown\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len()),
+    ];
+    for payload in &payloads {
+        let _ = raw(gateway.addr, payload.as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let seen: Vec<String> = upstream.received().iter().map(|r| r.target.clone()).collect();
+    assert!(!seen.iter().any(|t| t == "/smuggled"), "a smuggled request reached the upstream: {seen:?}");
+    assert_eq!(gateway.with_key("valid-key").status, 200, "the gateway is still up");
+}
+
+#[test]
+fn random_bytes_and_odd_keys_never_crash_the_gateway() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..200 {
+        let len = (next() % 2048) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let _ = raw(gateway.addr, &bytes);
+    }
+    gateway.with_key("caf\u{e9}").assert_rejected(401, "malformed_api_key");
+    gateway.with_key("a\tb").assert_rejected(401, "malformed_api_key");
+    gateway.with_key("%00").assert_rejected(403, "unknown_api_key"); // a header is not decoded
+    gateway.get("/x?apikey=%ZZ", &[]).assert_rejected(403, "unknown_api_key");
+    gateway.get("/x?apikey=%00", &[]).assert_rejected(401, "malformed_api_key");
+    gateway.get("/x?apikey=%7F", &[]).assert_rejected(401, "malformed_api_key");
+    gateway.get("/x?apikey=%41%42", &[]).assert_rejected(403, "unknown_api_key");
+    let mut connection = Connection::open(gateway.addr).unwrap();
+    let response = connection.request("GET", "/", &[("x-apikey", "valid-key"), ("X-APIKEY", "valid-key")], b"");
+    assert_eq!(response.unwrap().status, 200, "equal duplicates in any case are one key");
+    assert_eq!(gateway.with_key("valid-key").status, 200, "the gateway is still up");
+    assert!(!gateway.logs().contains("panicked"), "{}", gateway.logs());
+}
+
+#[test]
+fn spoofed_keygate_headers_in_any_case_never_reach_the_upstream() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    let response = gateway.get(
+        "/",
+        &[
+            ("X-ApiKey", "valid-key"),
+            ("x-keygate-app", "evil"),
+            ("X-KEYGATE-APP", "evil2"),
+            ("X-Keygate-Admin", "true"),
+            ("x-KeyGate-", "empty"),
+        ],
+    );
+    assert_eq!(response.status, 200);
+    let seen = &upstream.received()[0];
+    assert_eq!(seen.header_values("x-keygate-app"), ["acme"]);
+    let keygate_headers: Vec<_> = seen.headers.iter().filter(|(n, _)| n.starts_with("x-keygate-")).collect();
+    assert_eq!(keygate_headers.len(), 1, "{keygate_headers:?}");
+}
