@@ -1,0 +1,120 @@
+//! The ingestion nodes misbehave: dead, hung, resetting mid-response, all down. The client gets
+//! a timely 502/504 or a connection it can tell was cut, never a truncated 2xx taken as whole.
+
+mod common;
+
+use common::http::{self, Connection};
+use common::{eventually, Redis, Setup, Upstream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+/// A peer that accepts and reads, then behaves as `on_request` says.
+fn odd_peer(on_request: fn(&mut std::net::TcpStream)) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                if stream.read(&mut buf).unwrap_or(0) > 0 {
+                    on_request(&mut stream);
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn hang(stream: &mut std::net::TcpStream) {
+    std::thread::sleep(Duration::from_secs(30));
+    let _ = stream.flush();
+}
+
+fn reset_mid_body(stream: &mut std::net::TcpStream) {
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial");
+    let _ = stream.flush();
+    std::thread::sleep(Duration::from_millis(50));
+    let socket = socket2::SockRef::from(&*stream);
+    let _ = socket.set_linger(Some(Duration::ZERO));
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn gateway_with_peers(redis: &Redis, peers: Vec<String>, read_timeout_ms: u64) -> common::Gateway {
+    let mut setup = Setup::redis(redis, &Upstream::start());
+    setup.peers = peers;
+    let gateway = setup.start();
+    gateway.reload(|yaml| yaml.replace("read_timeout_ms: 5000", &format!("read_timeout_ms: {read_timeout_ms}")));
+    gateway
+}
+
+#[test]
+fn a_hung_peer_is_answered_by_read_timeout_not_never() {
+    let redis = Redis::start();
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = gateway_with_peers(&redis, vec![odd_peer(hang).to_string()], 500);
+    let started = Instant::now();
+    let response = gateway.with_key("valid-key");
+    assert!(response.status == 502 || response.status == 504, "answered {}", response.status);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "took {took:?}");
+    assert!(gateway.settled_metric(r#"keygate_requests_total{outcome="upstream_error"}"#, 1.0) >= 1.0);
+}
+
+#[test]
+fn a_peer_that_resets_mid_response_never_yields_a_whole_2xx() {
+    let redis = Redis::start();
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = gateway_with_peers(&redis, vec![odd_peer(reset_mid_body).to_string()], 2000);
+    for _ in 0..5 {
+        let mut connection = Connection::open(gateway.addr).unwrap();
+        match connection.request("GET", "/ingest", &[("X-ApiKey", "valid-key")], b"") {
+            Ok(response) => assert!(
+                !(200..300).contains(&response.status),
+                "a truncated 2xx was delivered whole: {} {:?}",
+                response.status,
+                response.text()
+            ),
+            Err(_) => {} // the client saw the cut: it will retry
+        }
+    }
+    assert_eq!(http::get(gateway.admin, "/healthz").unwrap().status, 200, "the gateway is still up");
+    assert!(!gateway.logs().contains("panicked"));
+}
+
+#[test]
+fn a_dead_peer_is_marked_unhealthy_and_traffic_flows_to_the_rest() {
+    let redis = Redis::start();
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let live = Upstream::start();
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let mut setup = Setup::redis(&redis, &live);
+    setup.peers = vec![dead.clone(), live.addr.to_string()];
+    let gateway = setup.start();
+    let marked = eventually(Duration::from_secs(3), || {
+        gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{dead}\"}}")) == 0.0
+            && gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{}\"}}", live.addr)) == 1.0
+    });
+    assert!(marked.is_some(), "the health check never marked the dead peer");
+    for _ in 0..20 {
+        assert_eq!(gateway.with_key("valid-key").status, 200);
+    }
+    assert_eq!(live.count(), 20);
+}
+
+#[test]
+fn with_every_peer_down_the_answer_is_a_fast_502() {
+    let redis = Redis::start();
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let peers = (0..3).map(|_| format!("127.0.0.1:{}", common::free_port())).collect();
+    let gateway = gateway_with_peers(&redis, peers, 1000);
+    std::thread::sleep(Duration::from_millis(500)); // the health check marks them all down
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(gateway.with_key("valid-key").status, 502);
+        assert!(started.elapsed() < Duration::from_millis(200), "took {:?}", started.elapsed());
+    }
+    let response = http::get(gateway.admin, "/readyz").unwrap();
+    assert_eq!(response.status, 503, "{}", response.text());
+}
