@@ -7,8 +7,8 @@
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8080".to_string());
-    let (local, _journal) = keygate::demo_upstream::spawn(&addr)?;
-    eprintln!("demo upstream listening on {local}");
+    let upstream = keygate::demo_upstream::DemoUpstream::spawn(&addr)?;
+    eprintln!("demo upstream listening on {}", upstream.addr);
     loop {
         std::thread::park();
     }

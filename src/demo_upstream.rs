@@ -3,9 +3,11 @@
 //! records every request it receives, and answers `200 {"app":…,"bytes":…}`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -29,37 +31,63 @@ impl Received {
 /// The requests received so far, shared with whoever started the upstream.
 pub type Journal = Arc<Mutex<Vec<Received>>>;
 
-/// Accepts connections on `listener` for ever, recording into `journal`.
-pub async fn serve(listener: TcpListener, journal: Journal) {
+/// A running upstream.
+pub struct DemoUpstream {
+    pub addr: SocketAddr,
+    pub journal: Journal,
+    alive: Arc<AtomicBool>,
+    stopped: Arc<Notify>,
+}
+
+impl DemoUpstream {
+    /// Starts an upstream on `addr` in a thread of its own.
+    pub fn spawn(addr: &str) -> std::io::Result<DemoUpstream> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let upstream = DemoUpstream {
+            addr: std_listener.local_addr()?,
+            journal: Journal::default(),
+            alive: Arc::new(AtomicBool::new(true)),
+            stopped: Arc::new(Notify::new()),
+        };
+        let (journal, alive, stopped) =
+            (Arc::clone(&upstream.journal), Arc::clone(&upstream.alive), Arc::clone(&upstream.stopped));
+        std::thread::Builder::new().name("demo-upstream".into()).spawn(move || {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                tokio::select! {
+                    _ = serve(listener, journal, alive) => {}
+                    _ = stopped.notified() => {}
+                }
+            });
+        })?;
+        Ok(upstream)
+    }
+
+    /// Dies like a crashed node: stops listening, and cuts every connection at its next
+    /// request without recording or answering it.
+    pub fn kill(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        self.stopped.notify_one();
+    }
+}
+
+/// Accepts connections on `listener`, recording into `journal` while `alive`.
+async fn serve(listener: TcpListener, journal: Journal, alive: Arc<AtomicBool>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let journal = Arc::clone(&journal);
+        let (journal, alive) = (Arc::clone(&journal), Arc::clone(&alive));
         tokio::spawn(async move {
-            let _ = connection(stream, journal).await;
+            let _ = connection(stream, journal, alive).await;
         });
     }
 }
 
-/// Starts an upstream on `addr` in a thread of its own; returns its address and journal.
-pub fn spawn(addr: &str) -> std::io::Result<(SocketAddr, Journal)> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
-    std_listener.set_nonblocking(true)?;
-    let local = std_listener.local_addr()?;
-    let journal = Journal::default();
-    let shared = Arc::clone(&journal);
-    std::thread::Builder::new().name("demo-upstream".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async move {
-            let listener = TcpListener::from_std(std_listener).expect("listener");
-            serve(listener, shared).await
-        });
-    })?;
-    Ok((local, journal))
-}
-
-async fn connection(stream: TcpStream, journal: Journal) -> std::io::Result<()> {
+async fn connection(stream: TcpStream, journal: Journal, alive: Arc<AtomicBool>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -94,6 +122,9 @@ async fn connection(stream: TcpStream, journal: Journal) -> std::io::Result<()> 
         let app = value("x-keygate-app").unwrap_or_default().replace(['"', '\\'], "");
         let reply = format!(r#"{{"app":"{app}","bytes":{}}}"#, body.len());
         let close = value("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if !alive.load(Ordering::SeqCst) {
+            return Ok(()); // dead: the request is neither recorded nor answered
+        }
         journal.lock().unwrap_or_else(|e| e.into_inner()).push(Received { method, target, headers, body });
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",

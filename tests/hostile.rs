@@ -37,7 +37,8 @@ fn oversized_or_too_many_headers_are_refused_without_a_store_read() {
     let gateway = Setup::redis(&redis, &upstream).start();
     redis.reset_stats();
 
-    let huge_value = format!("GET / HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
+    let huge_value =
+        format!("GET / HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
     assert_refused_or_closed(&raw(gateway.addr, huge_value.as_bytes()), "a 1 MiB header");
     let mut many = String::from("GET / HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\n");
     for n in 0..5000 {
@@ -102,7 +103,8 @@ fn random_bytes_and_odd_keys_never_crash_the_gateway() {
     gateway.get("/x?apikey=%7F", &[]).assert_rejected(401, "malformed_api_key");
     gateway.get("/x?apikey=%41%42", &[]).assert_rejected(403, "unknown_api_key");
     let mut connection = Connection::open(gateway.addr).unwrap();
-    let response = connection.request("GET", "/", &[("x-apikey", "valid-key"), ("X-APIKEY", "valid-key")], b"");
+    let response =
+        connection.request("GET", "/", &[("x-apikey", "valid-key"), ("X-APIKEY", "valid-key")], b"");
     assert_eq!(response.unwrap().status, 200, "equal duplicates in any case are one key");
     assert_eq!(gateway.with_key("valid-key").status, 200, "the gateway is still up");
     assert!(!gateway.logs().contains("panicked"), "{}", gateway.logs());

@@ -45,7 +45,8 @@ fn gateway_with_peers(redis: &Redis, peers: Vec<String>, read_timeout_ms: u64) -
     let mut setup = Setup::redis(redis, &Upstream::start());
     setup.peers = peers;
     let gateway = setup.start();
-    gateway.reload(|yaml| yaml.replace("read_timeout_ms: 5000", &format!("read_timeout_ms: {read_timeout_ms}")));
+    gateway
+        .reload(|yaml| yaml.replace("read_timeout_ms: 5000", &format!("read_timeout_ms: {read_timeout_ms}")));
     gateway
 }
 

@@ -11,7 +11,7 @@
 pub mod http;
 pub mod nginx;
 
-use keygate::demo_upstream::{self, Journal, Received};
+use keygate::demo_upstream::{DemoUpstream, Received};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -167,21 +167,26 @@ impl Drop for Redis {
 
 pub struct Upstream {
     pub addr: SocketAddr,
-    journal: Journal,
+    running: DemoUpstream,
 }
 
 impl Upstream {
     pub fn start() -> Upstream {
-        let (addr, journal) = demo_upstream::spawn("127.0.0.1:0").unwrap();
-        Upstream { addr, journal }
+        let running = DemoUpstream::spawn("127.0.0.1:0").unwrap();
+        Upstream { addr: running.addr, running }
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.journal.lock().unwrap().clone()
+        self.running.journal.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {
-        self.journal.lock().unwrap().len()
+        self.running.journal.lock().unwrap().len()
+    }
+
+    /// Dies like a crashed node (see `DemoUpstream::kill`).
+    pub fn kill(&self) {
+        self.running.kill();
     }
 }
 
