@@ -175,3 +175,6 @@ impl AtomicDuration {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -156,3 +156,6 @@ mod tests {
         assert_eq!(e.extract(&HeaderMap::new(), Some("apikey=%2541")), key(b"%41"));
     }
 }
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,95 @@
+//! The cache against a model: under any sequence of learning, forgetting and time passing, it
+//! answers what the model says, and never holds a key as both known and unknown.
+
+use super::*;
+use crate::config::{CacheConfig, Rate};
+use crate::key::ApiKey;
+use crate::store::KeyRecord;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Known(u8),
+    Unknown(u8),
+    Forget(u8),
+    ForgetAll,
+    Distrust,
+    Wait(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        any::<u8>().prop_map(|k| Op::Known(k % 16)),
+        any::<u8>().prop_map(|k| Op::Unknown(k % 16)),
+        any::<u8>().prop_map(|k| Op::Forget(k % 16)),
+        Just(Op::ForgetAll),
+        Just(Op::Distrust),
+        (0u16..400).prop_map(Op::Wait),
+    ]
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Model {
+    /// Known, learnt this many seconds ago, trusted (false after a distrust).
+    Known(u64, bool),
+    Unknown(u64),
+}
+
+const TTL: u64 = 100;
+const NEGATIVE_TTL: u64 = 30;
+const STALE: u64 = 200;
+
+proptest! {
+    #[test]
+    fn the_cache_answers_as_its_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        runtime.block_on(async {
+            let cache = KeyCache::new(&CacheConfig {
+                capacity: 1000,
+                negative_capacity: 1000,
+                ttl: Duration::from_secs(TTL),
+                negative_ttl: Duration::from_secs(NEGATIVE_TTL),
+                stale: Duration::from_secs(STALE),
+            });
+            let id = |k: u8| ApiKey::from_cli(&format!("key-{k}")).id();
+            let grant = || Arc::new(Grant::new(KeyRecord::active("a"), Rate { per_second: 1.0, burst: 1 }, None));
+            let mut model: HashMap<u8, Model> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Known(k) => { cache.remember_known(id(k), grant(), false); model.insert(k, Model::Known(0, true)); }
+                    Op::Unknown(k) => { cache.remember_unknown(id(k)); model.insert(k, Model::Unknown(0)); }
+                    Op::Forget(k) => { cache.forget(&id(k)); model.remove(&k); }
+                    Op::ForgetAll => { cache.forget_all(); model.clear(); }
+                    Op::Distrust => {
+                        cache.distrust_all();
+                        model.retain(|_, m| matches!(m, Model::Known(..)));
+                        model.values_mut().for_each(|m| if let Model::Known(_, trusted) = m { *trusted = false });
+                    }
+                    Op::Wait(seconds) => {
+                        tokio::time::advance(Duration::from_secs(seconds.into())).await;
+                        model.values_mut().for_each(|m| match m {
+                            Model::Known(age, _) | Model::Unknown(age) => *age += u64::from(seconds),
+                        });
+                    }
+                }
+                for k in 0..16u8 {
+                    let answer = match cache.get(&id(k)) {
+                        Cached::Fresh(_) => "fresh",
+                        Cached::Stale { .. } => "stale",
+                        Cached::Unknown => "unknown",
+                        Cached::Miss => "miss",
+                    };
+                    let expected = match model.get(&k) {
+                        Some(Model::Known(age, true)) if *age < TTL => "fresh",
+                        Some(Model::Known(age, _)) if *age < TTL + STALE => "stale",
+                        Some(Model::Unknown(age)) if *age < NEGATIVE_TTL => "unknown",
+                        _ => "miss",
+                    };
+                    prop_assert_eq!(answer, expected, "key {} after {:?}", k, model.get(&k));
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
