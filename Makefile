@@ -2,13 +2,14 @@
 #   make demo   the gateway on conf/demo.yaml (file store) with a demo upstream on :8080
 #   make test   every test, installing what they need (cmake, redis-server, nginx) when missing
 #   make lint   rustfmt check and clippy with warnings denied
-#   make bench  criterion micro-benchmarks
+#   make bench  criterion micro-benchmarks and the memory figure
+#   make fuzz   cargo-fuzz on key extraction and config parsing (nightly; FUZZ_SECONDS each)
 
 CARGO ?= cargo
 # One build profile for everything (tests, demo, benches): pingora builds once.
 PROFILE := --release
 
-.PHONY: deps demo test lint bench build
+.PHONY: deps demo test lint bench build fuzz
 
 deps:
 	@missing=""; \
@@ -45,3 +46,10 @@ lint:
 bench: deps
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench memory
+
+# Fuzzing (nightly, not in CI): FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 120
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz run extract -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && $(CARGO) +nightly fuzz run config -- -max_total_time=$(FUZZ_SECONDS)

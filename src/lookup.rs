@@ -196,6 +196,7 @@ impl KeyLookup {
         let Ok(_permit) = self.permits.try_acquire() else {
             return Err(LookupError::Overloaded);
         };
+        let _in_flight = InFlight::new(&self.metrics);
         let seen = self.announcements.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
         let store = self.store();
@@ -270,6 +271,23 @@ impl KeyLookup {
     /// The announcement channel broke: from now on announcements may be missed.
     pub fn announcements_lost(&self) {
         self.filter.channel_lost();
+    }
+}
+
+/// Counts a store lookup in `keygate_store_lookups_in_flight` for as long as it lives, however
+/// the lookup ends (answered, timed out, or dropped with its request).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.store_in_flight.inc();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.store_in_flight.dec();
     }
 }
 

@@ -81,6 +81,8 @@ pub struct Metrics {
     cache_lookups: Vec<IntCounter>,
     store_queries: Vec<IntCounter>,
     store_query_seconds: Histogram,
+    /// Store lookups running now (bounded by `max_inflight`).
+    pub store_in_flight: IntGauge,
     /// Set at scrape time from the caches' sizes.
     pub cache_entries: IntGaugeVec,
     /// Set at scrape time from the health checks, one child per configured peer.
@@ -164,6 +166,8 @@ impl Metrics {
             "1 while the filter may reject keys (built, no announcement missed since).",
         )
         .expect("valid metric");
+        let store_in_flight = IntGauge::new("keygate_store_lookups_in_flight", "Store lookups running now.")
+            .expect("valid metric");
         let access_log_skipped = IntCounter::new(
             "keygate_access_log_skipped_total",
             "Access log lines not written: rejections sampled out, or dropped on a full queue.",
@@ -171,6 +175,7 @@ impl Metrics {
         .expect("valid metric");
         for collector in [
             Box::new(access_log_skipped.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(store_in_flight.clone()),
             Box::new(filter_rejections.clone()),
             Box::new(filter_rebuilds.clone()),
             Box::new(filter_keys.clone()),
@@ -202,6 +207,7 @@ impl Metrics {
             cache_lookups: CACHE_RESULTS.iter().map(|r| cache_lookups.with_label_values(&[r])).collect(),
             store_queries: STORE_RESULTS.iter().map(|r| store_queries.with_label_values(&[r])).collect(),
             store_query_seconds,
+            store_in_flight,
             cache_entries,
             upstream_healthy,
             config_reloads,

@@ -114,3 +114,102 @@ fn subscribers(redis: &Redis) -> u64 {
         redis::cmd("PUBSUB").arg("NUMSUB").arg("keygate:invalidate").query(&mut redis.connection()).unwrap();
     counts.first().map_or(0, |(_, n)| *n)
 }
+
+/// Open file descriptors and resident memory of a process.
+fn footprint(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+    let pages: usize = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    (fds, pages * 4096)
+}
+
+#[test]
+fn a_flapping_store_never_gets_a_valid_key_refused_nor_the_bound_exceeded_nor_leaks() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const FLAP_FOR: Duration = Duration::from_secs(30);
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    for n in 0..400 {
+        redis.put_key(&format!("flap-key-{n}"), &[("app", "acme")]);
+    }
+    let mut setup = Setup::redis(&redis, &upstream);
+    setup.store = format!("  redis:\n    url: {}\n    timeout_ms: 50\n    max_inflight: 4\n", redis.url());
+    let gateway = setup.start();
+    for n in 0..10 {
+        assert_eq!(gateway.with_key(&format!("flap-key-{n}")).status, 200);
+    }
+    let (fds_before, rss_before) = footprint(gateway.pid());
+
+    let flapping = Arc::new(AtomicBool::new(true));
+    let flapper = {
+        let (flapping, pid) = (Arc::clone(&flapping), redis.pid());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while started.elapsed() < FLAP_FOR {
+                std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+                std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status().unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            flapping.store(false, Ordering::SeqCst);
+        })
+    };
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..3)
+        .map(|client| {
+            let (flapping, violations, addr) = (Arc::clone(&flapping), Arc::clone(&violations), gateway.addr);
+            std::thread::spawn(move || {
+                let mut n = 10 + client;
+                while flapping.load(Ordering::SeqCst) {
+                    let known = format!("flap-key-{}", n % 10);
+                    let fresh = format!("flap-key-{}", 10 + n % 390);
+                    for (key, must_pass) in [(known, true), (fresh, false)] {
+                        let r = common::http::request(addr, "GET", "/", &[("X-ApiKey", &key)], b"").unwrap();
+                        let ok = r.status == 200
+                            || (!must_pass && r.status == 503 && r.header("retry-after").is_some());
+                        if !ok {
+                            violations.lock().unwrap().push(format!("{key}: {} {}", r.status, r.text()));
+                        }
+                    }
+                    n += 3;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    let mut most_in_flight = 0.0f64;
+    while flapping.load(Ordering::SeqCst) {
+        most_in_flight = most_in_flight.max(gateway.metric("keygate_store_lookups_in_flight"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    flapper.join().unwrap();
+    clients.into_iter().for_each(|c| c.join().unwrap());
+
+    let violations = violations.lock().unwrap();
+    assert!(
+        violations.is_empty(),
+        "{} violations, e.g. {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
+    assert!(most_in_flight <= 4.0, "{most_in_flight} lookups in flight with max_inflight 4");
+    assert!(
+        gateway.metric(r#"keygate_store_queries_total{result="timeout"}"#) > 0.0,
+        "the flapping was never felt"
+    );
+    assert_eq!(
+        gateway.metric(r#"keygate_cache_entries{kind="negative"}"#),
+        0.0,
+        "an error became an unknown"
+    );
+    // Recovered: every key flows, and nothing was left behind.
+    assert!(eventually(Duration::from_secs(3), || gateway.with_key("flap-key-399").status == 200).is_some());
+    assert!(eventually(Duration::from_secs(3), || gateway.metric("keygate_store_lookups_in_flight") == 0.0)
+        .is_some());
+    let (fds_after, rss_after) = footprint(gateway.pid());
+    assert!(fds_after <= fds_before + 8, "file descriptors grew from {fds_before} to {fds_after}");
+    assert!(
+        rss_after < rss_before + 32 * 1024 * 1024,
+        "resident memory grew from {rss_before} to {rss_after}"
+    );
+}

@@ -132,6 +132,10 @@ impl Redis {
         redis::cmd("KEYS").arg("*").query(&mut self.connection()).unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn freeze(&self) {
         signal(self.child.as_ref().unwrap().id(), "STOP");
     }
