@@ -35,6 +35,7 @@ pub mod demo_upstream;
 pub mod extract;
 pub mod filter;
 pub mod gateway;
+pub mod header_deadline;
 pub mod invalidate;
 pub mod key;
 pub mod keys;

@@ -84,6 +84,7 @@ fn warn_about_what_needs_a_restart(old: &Config, new: &Config) {
         ("pid_file", old.pid_file != new.pid_file),
         ("upgrade_sock", old.upgrade_sock != new.upgrade_sock),
         ("grace_period_s", old.grace_period != new.grace_period),
+        ("header_timeout_ms", old.header_timeout != new.header_timeout),
         ("upstream.health_check", old.upstream.health_check != new.upstream.health_check),
         ("cache.capacity", old.cache.capacity != new.cache.capacity),
         ("cache.negative_capacity", old.cache.negative_capacity != new.cache.negative_capacity),

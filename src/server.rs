@@ -5,8 +5,10 @@ use crate::admin::Admin;
 use crate::auth::AuthApp;
 use crate::config::{Config, Listener};
 use crate::gateway::Gateway;
+use crate::header_deadline::WithHeaderDeadline;
 use crate::proxy::KeyGateProxy;
 use pingora::prelude::*;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::RunArgs;
 use pingora::services::listening::Service;
@@ -33,14 +35,18 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
     let auth_listen = config.auth_listen.clone();
     let (gateway, health_checks) = Gateway::start(config, config_path)?;
 
-    let mut proxy = http_proxy_service(&server.configuration, KeyGateProxy::new(gateway.clone()));
+    let header_timeout = gateway.config.load().header_timeout;
+    let proxy_app = http_proxy(&server.configuration, KeyGateProxy::new(gateway.clone()));
+    let mut proxy =
+        Service::new("keygate proxy".to_string(), WithHeaderDeadline::new(proxy_app, header_timeout));
     for listener in &listen {
         add_listener(&mut proxy, listener);
     }
     server.add_service(proxy);
     server.add_service(health_checks);
     if let Some(listener) = &auth_listen {
-        let mut auth = Service::new("keygate auth".to_string(), AuthApp::new(gateway.clone()));
+        let auth_app = WithHeaderDeadline::new(AuthApp::new(gateway.clone()), header_timeout);
+        let mut auth = Service::new("keygate auth".to_string(), auth_app);
         add_listener(&mut auth, listener);
         server.add_service(auth);
     }

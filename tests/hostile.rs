@@ -131,3 +131,59 @@ fn spoofed_keygate_headers_in_any_case_never_reach_the_upstream() {
     let keygate_headers: Vec<_> = seen.headers.iter().filter(|(n, _)| n.starts_with("x-keygate-")).collect();
     assert_eq!(keygate_headers.len(), 1, "{keygate_headers:?}");
 }
+
+#[test]
+fn slowloris_connections_are_cut_at_the_header_deadline_and_cost_others_nothing() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).extra("header_timeout_ms: 1000").start();
+    let timed = |gateway: &common::Gateway| {
+        let mut times: Vec<Duration> = (0..21)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                assert_eq!(gateway.with_key("valid-key").status, 200);
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[10]
+    };
+    let usual = timed(&gateway);
+
+    let mut slow: Vec<Option<TcpStream>> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(gateway.addr).unwrap();
+            s.write_all(b"GET /ingest HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nX-Slow: ").unwrap();
+            Some(s)
+        })
+        .collect();
+    let mut during = Duration::ZERO;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        for slot in slow.iter_mut() {
+            if let Some(stream) = slot {
+                if stream.write_all(b"a").is_err() {
+                    *slot = None;
+                }
+            }
+        }
+        if during.is_zero() && started.elapsed() > Duration::from_millis(300) {
+            during = timed(&gateway);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let still_open = slow.iter().filter(|s| s.is_some()).count();
+    assert!(still_open <= 5, "{still_open} of 200 slowloris connections outlived the header deadline");
+    assert!(during < usual + Duration::from_millis(5), "usual {usual:?}, under slowloris {during:?}");
+    assert_eq!(upstream.count(), 21 * 2, "no slowloris request was forwarded");
+
+    // A slow body is not a slow header: an upload taking twice the deadline goes through.
+    let mut upload = Connection::open(gateway.addr).unwrap();
+    let head = "POST /ingest HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nContent-Length: 20\r\n\r\n";
+    upload.stream().write_all(head.as_bytes()).unwrap();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        upload.stream().write_all(b"x").unwrap();
+    }
+    assert_eq!(upload.read_response().unwrap().text(), r#"{"app":"acme","bytes":20}"#);
+}

@@ -232,6 +232,9 @@ pub mod defaults {
     pub fn grace_period_s() -> u64 {
         5
     }
+    pub fn header_timeout_ms() -> u64 {
+        10_000
+    }
     pub fn access_log_path() -> String {
         "stderr".into()
     }

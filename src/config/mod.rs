@@ -35,6 +35,8 @@ pub struct Config {
     pub upgrade_sock: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests (Pingora's own default is 300 s).
     pub grace_period: Duration,
+    /// How long a client may take to send a request's headers (slowloris).
+    pub header_timeout: Duration,
     pub upstream: UpstreamConfig,
     pub api_key: KeyExtractor,
     pub store: StoreConfig,
@@ -124,6 +126,7 @@ const TOP_LEVEL: &[&str] = &[
     "pid_file",
     "upgrade_sock",
     "grace_period_s",
+    "header_timeout_ms",
     "upstream",
     "api_key",
     "store",
@@ -201,6 +204,12 @@ impl Config {
             .and_then(|v| p.typed::<u64>("grace_period_s", v))
             .unwrap_or_else(defaults::grace_period_s);
 
+        let header_timeout_ms = section("header_timeout_ms")
+            .and_then(|v| p.typed::<u64>("header_timeout_ms", v))
+            .unwrap_or_else(defaults::header_timeout_ms);
+        if header_timeout_ms == 0 {
+            p.add("header_timeout_ms", "must be above 0");
+        }
         let upstream = match section("upstream") {
             None => {
                 p.add("upstream", "required: the ingestion nodes to forward to");
@@ -257,6 +266,7 @@ impl Config {
                     pid_file,
                     upgrade_sock,
                     grace_period: Duration::from_secs(grace_period_s),
+                    header_timeout: Duration::from_millis(header_timeout_ms),
                     upstream,
                     api_key,
                     store,

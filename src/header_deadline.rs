@@ -1,0 +1,214 @@
+//! A deadline for reading request headers (slowloris).
+//!
+//! Pingora reads request headers with a timeout per read and no overall deadline (its issue
+//! #447): a client sending one byte just inside each timeout holds a connection for as long as
+//! it likes. keygate wraps every accepted connection in a [`DeadlineStream`] whose reads fail
+//! once `header_timeout` has passed without the end of the headers (`\r\n\r\n`) having
+//! arrived. The deadline is armed when a connection opens and again after each response, so a
+//! keep-alive connection gets one deadline per request; request bodies are not under it (a
+//! slow upload is legitimate, and read timeouts cover it).
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A server app whose connections have a header deadline.
+pub struct WithHeaderDeadline<A> {
+    inner: Arc<A>,
+    timeout: Duration,
+}
+
+impl<A> WithHeaderDeadline<A> {
+    pub fn new(inner: A, timeout: Duration) -> Self {
+        WithHeaderDeadline { inner: Arc::new(inner), timeout }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let stream: Stream = Box::new(DeadlineStream::new(stream, self.timeout));
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// A connection whose header reads have a deadline.
+#[derive(Debug)]
+pub struct DeadlineStream {
+    inner: Stream,
+    timeout: Duration,
+    /// Armed while headers are being read; `None` once they are complete.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The last bytes read, to find `\r\n\r\n` split across reads.
+    tail: [u8; 3],
+    /// A response was written: the next read starts the next request's headers.
+    rearm: bool,
+}
+
+impl DeadlineStream {
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        let mut stream = DeadlineStream { inner, timeout, deadline: None, tail: [0; 3], rearm: false };
+        stream.arm();
+        stream
+    }
+
+    fn arm(&mut self) {
+        self.deadline = Some(Box::pin(tokio::time::sleep_until(Instant::now() + self.timeout)));
+        self.tail = [0; 3];
+        self.rearm = false;
+    }
+}
+
+/// Whether `bytes`, following the three in `tail`, contain the end of the headers; `tail`
+/// keeps the last three bytes for the next read.
+fn headers_end_in(tail: &mut [u8; 3], bytes: &[u8]) -> bool {
+    let mut window = [0u8; 4];
+    window[1..].copy_from_slice(tail);
+    for &b in bytes {
+        window.rotate_left(1);
+        window[3] = b;
+        if &window == b"\r\n\r\n" {
+            return true;
+        }
+    }
+    tail.copy_from_slice(&window[1..]);
+    false
+}
+
+/// Whether a write starts a final response (not a `100 Continue`), after which the connection
+/// waits for the next request.
+fn starts_final_response(buf: &[u8]) -> bool {
+    buf.starts_with(b"HTTP/1.") && buf.len() > 9 && buf[9] != b'1'
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.rearm {
+            this.arm();
+        }
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request headers not complete within header_timeout_ms",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            if this.deadline.is_some() && headers_end_in(&mut this.tail, &buf.filled()[before..]) {
+                this.deadline = None;
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for DeadlineStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(_))) && starts_final_response(buf) {
+            this.rearm = true;
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+// === delegation of Pingora's stream traits ===
+
+#[async_trait]
+impl Shutdown for DeadlineStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for DeadlineStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for DeadlineStream {}
+
+impl GetTimingDigest for DeadlineStream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for DeadlineStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for DeadlineStream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for DeadlineStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_headers_is_found_across_reads() {
+        let mut tail = [0; 3];
+        assert!(!headers_end_in(&mut tail, b"GET / HTTP/1.1\r\nHost: x\r"));
+        assert!(headers_end_in(&mut tail, b"\n\r\nbody"));
+        let mut tail = [0; 3];
+        assert!(!headers_end_in(&mut tail, b"GET / HTTP/1.1\r\n"));
+        assert!(!headers_end_in(&mut tail, b"X: y\r\n"));
+        assert!(headers_end_in(&mut tail, b"\r\n"));
+    }
+
+    #[test]
+    fn only_a_final_response_rearms() {
+        assert!(starts_final_response(b"HTTP/1.1 200 OK\r\n"));
+        assert!(starts_final_response(b"HTTP/1.1 403 Forbidden\r\n"));
+        assert!(!starts_final_response(b"HTTP/1.1 100 Continue\r\n"));
+        assert!(!starts_final_response(b"{\"body\":1}"));
+    }
+}
