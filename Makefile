@@ -2,14 +2,16 @@
 #   make demo   the gateway on conf/demo.yaml (file store) with a demo upstream on :8080
 #   make test   every test, installing what they need (cmake, redis-server, nginx) when missing
 #   make lint   rustfmt check and clippy with warnings denied
-#   make bench  criterion micro-benchmarks and the memory figure
+#   make bench  criterion micro-benchmarks, the memory figure, and benches/e2e.sh (wrk against
+#               a Pingora pass-through and nginx)
 #   make fuzz   cargo-fuzz on key extraction and config parsing (nightly; FUZZ_SECONDS each)
+#   make soak   benches/soak.sh: 10 minutes at 60% load with Redis faults (not in CI)
 
 CARGO ?= cargo
 # One build profile for everything (tests, demo, benches): pingora builds once.
 PROFILE := --release
 
-.PHONY: deps demo test lint bench build fuzz
+.PHONY: deps demo test lint bench build fuzz soak
 
 deps:
 	@missing=""; \
@@ -44,8 +46,11 @@ lint:
 	$(CARGO) clippy $(PROFILE) --all-targets -- -D warnings
 
 bench: deps
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench memory
+	$(CARGO) build $(PROFILE) --bin keygate --example passthrough
+	benches/e2e.sh
 
 # Fuzzing (nightly, not in CI): FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 120
@@ -53,3 +58,9 @@ fuzz: deps
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && $(CARGO) +nightly fuzz run extract -- -max_total_time=$(FUZZ_SECONDS)
 	cd fuzz && $(CARGO) +nightly fuzz run config -- -max_total_time=$(FUZZ_SECONDS)
+
+# Soak (not in CI): SOAK_SECONDS (600) at about 60% of measured capacity with Redis faults.
+soak: deps
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(CARGO) build $(PROFILE) --bin keygate
+	benches/soak.sh
