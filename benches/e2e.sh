@@ -9,59 +9,16 @@ cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-8}
 rounds=${BENCH_ROUNDS:-3}
 conns=${BENCH_CONNECTIONS:-32}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-nginx_conf() { # name, server block
-    mkdir -p "$work/$1"
-    cat > "$work/$1/nginx.conf" <<CONF
-daemon off; master_process off; user root; worker_processes 1;
-error_log $work/$1/error.log; pid $work/$1/nginx.pid;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $work/$1/body; proxy_temp_path $work/$1/proxy;
-  fastcgi_temp_path $work/$1/f; uwsgi_temp_path $work/$1/u; scgi_temp_path $work/$1/s;
-  keepalive_requests 1000000;
-$2
-}
-CONF
-}
+. benches/common.sh
 
 up=$(port); redis_port=$(port); kg=$(port); kg_admin=$(port); pass=$(port); ngx=$(port)
-
-nginx_conf upstream "server { listen 127.0.0.1:$up; location / { return 200 '{\"ok\":true}'; } }"
-taskset -c 1 "$nginx_bin" -p "$work/upstream" -c "$work/upstream/nginx.conf" -e "$work/upstream/error.log" & pids+=($!)
-taskset -c 1 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & pids+=($!)
-wait_port "$up"; wait_port "$redis_port"
-
-for n in $(seq -w 0 999); do
-    id=$(printf 'bench-key-%s' "$n" | sha256sum | cut -d' ' -f1)
-    echo "HSET keygate:key:$id app bench"
-done | redis-cli -p "$redis_port" >/dev/null
-
-cat > "$work/keygate.yaml" <<CONF
-listen: ["127.0.0.1:$kg"]
-admin_listen: "127.0.0.1:$kg_admin"
-threads: 1
-grace_period_s: 0
-upstream: {peers: ["127.0.0.1:$up"]}
-store: {redis: {url: "redis://127.0.0.1:$redis_port/0"}}
-rate_limit: {per_second: 1000000000, burst: 1000000000, unauthenticated_per_ip: {per_second: 1000000000, burst: 1000000000}}
-CONF
-RUST_LOG=warn taskset -c 0 ./target/release/keygate -c "$work/keygate.yaml" 2>"$work/keygate.log" & pids+=($!)
+upstream_start "$up"
+redis_start "$redis_port" bench-key
+keygate_start "$kg" "$kg_admin" "$redis_port" "$up"
 taskset -c 0 ./target/release/examples/passthrough "127.0.0.1:$pass" "127.0.0.1:$up" 2>/dev/null & pids+=($!)
-nginx_conf proxy "upstream up { server 127.0.0.1:$up; keepalive 64; }
+nginx_start proxy 0 "upstream up { server 127.0.0.1:$up; keepalive 64; }
 server { listen 127.0.0.1:$ngx; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-taskset -c 0 "$nginx_bin" -p "$work/proxy" -c "$work/proxy/nginx.conf" -e "$work/proxy/error.log" & pids+=($!)
-wait_port "$kg"; wait_port "$pass"; wait_port "$ngx"
-until curl -s "127.0.0.1:$kg_admin/metrics" | grep -q '^keygate_filter_trusted 1'; do sleep 0.2; done
+wait_port "$pass"; wait_port "$ngx"
 
 cat > "$work/valid.lua" <<'LUA'
 local n = 0

@@ -8,50 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${SOAK_SECONDS:-600}
 conns=${SOAK_CONNECTIONS:-32}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+. benches/common.sh
 
 up=$(port); redis_port=$(port); kg=$(port); kg_admin=$(port)
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CONF
-daemon off; master_process off; user root; worker_processes 1;
-error_log $work/up/error.log; pid $work/up/nginx.pid;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $work/up/b; proxy_temp_path $work/up/p; fastcgi_temp_path $work/up/f;
-  uwsgi_temp_path $work/up/u; scgi_temp_path $work/up/s; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$up; location / { return 200 '{"ok":true}'; } } }
-CONF
-taskset -c 1 "$nginx_bin" -p "$work/up" -c "$work/up/nginx.conf" -e "$work/up/error.log" & pids+=($!)
-start_redis() {
-    taskset -c 1 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & redis_pid=$!
-    pids+=($redis_pid)
-    wait_port "$redis_port"
-    for n in $(seq -w 0 999); do
-        echo "HSET keygate:key:$(printf 'soak-key-%s' "$n" | sha256sum | cut -d' ' -f1) app soak"
-    done | redis-cli -p "$redis_port" >/dev/null
-}
-wait_port "$up"; start_redis
-cat > "$work/keygate.yaml" <<CONF
-listen: ["127.0.0.1:$kg"]
-admin_listen: "127.0.0.1:$kg_admin"
-threads: 1
-grace_period_s: 0
-upstream: {peers: ["127.0.0.1:$up"]}
-store: {redis: {url: "redis://127.0.0.1:$redis_port/0"}}
-cache: {ttl_s: 30}
-rate_limit: {per_second: 1000000000, burst: 1000000000, unauthenticated_per_ip: {per_second: 1000000000, burst: 1000000000}}
-CONF
-RUST_LOG=warn taskset -c 0 ./target/release/keygate -c "$work/keygate.yaml" 2>"$work/keygate.log" & kg_pid=$!; pids+=($kg_pid)
-wait_port "$kg"
+upstream_start "$up"
+redis_start "$redis_port" soak-key
+keygate_start "$kg" "$kg_admin" "$redis_port" "$up" "cache: {ttl_s: 30}"
+kg_pid=$keygate_pid
 
 script() { # delay in ms per request and connection
     cat > "$work/load.lua" <<LUA
@@ -71,18 +34,22 @@ echo "capacity ${capacity} req/s; soaking at about 60% (delay ${delay} ms per re
 
 footprint() { echo "$(( $(awk '{print $2}' /proc/$kg_pid/statm) * 4 )) $(ls /proc/$kg_pid/fd | wc -l)"; }
 printf '%-6s %10s %10s %8s %8s %8s %s\n' minute req/s p99_ms rss_kb fds non2xx fault
-minute=0; refused=0; first_rss=""
+minute=0; first_rss=""
 while (( minute * 60 < total )); do
     minute=$((minute + 1))
-    fault="freeze 2s"
+    taskset -c 1 wrk -t1 -c"$conns" -d60s --latency -s "$work/load.lua" "http://127.0.0.1:$kg" > "$work/minute.out" &
+    wrk_pid=$!
+    sleep 30
     if (( minute % 2 == 1 )); then
-        ( sleep 30; kill -STOP "$redis_pid"; sleep 2; kill -CONT "$redis_pid" ) &
+        fault="freeze 2s"
+        kill -STOP "$redis_pid"; sleep 2; kill -CONT "$redis_pid"
     else
         fault="kill+restart"
-        ( sleep 30; kill "$redis_pid"; wait "$redis_pid" 2>/dev/null; start_redis ) &
+        kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; sleep 1
+        redis_start "$redis_port" soak-key
     fi
-    out=$(taskset -c 1 wrk -t1 -c"$conns" -d60s --latency -s "$work/load.lua" "http://127.0.0.1:$kg")
-    wait
+    wait "$wrk_pid"
+    out=$(cat "$work/minute.out")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); non2xx=${non2xx:-0}

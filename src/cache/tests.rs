@@ -108,3 +108,20 @@ async fn learning_a_key_replaces_its_other_entry() {
     c.remember_unknown(id(1));
     assert_eq!((kind(&c.get(&id(1))), c.known_len()), ("unknown", 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn known_keys_and_their_limiters_are_bounded_by_capacity() {
+    let c = cache(100, 100);
+    let limiters: Vec<_> = (0..1000)
+        .map(|n| {
+            let g = grant();
+            let weak = Arc::downgrade(&g.limiter);
+            c.remember_known(id(n), g, false);
+            weak
+        })
+        .collect();
+    assert!(c.known_len() <= 100, "{} known entries", c.known_len());
+    // An evicted key's limiter state goes with its entry: limiter memory follows capacity.
+    let alive = limiters.iter().filter(|l| l.upgrade().is_some()).count();
+    assert!(alive <= 100, "{alive} limiters alive for 100 entries");
+}
