@@ -7,6 +7,10 @@
 //! arrived. The deadline is armed when a connection opens and again after each response, so a
 //! keep-alive connection gets one deadline per request; request bodies are not under it (a
 //! slow upload is legitimate, and read timeouts cover it).
+//!
+//! The deadline is checked when a read is attempted, not by a timer: a client that trickles
+//! bytes is cut at its next read past the deadline, and one that sends nothing at all is
+//! Pingora's read timeout's. So the hot path costs a clock read per read, no timer-wheel work.
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -14,13 +18,12 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
 /// A server app whose connections have a header deadline.
 pub struct WithHeaderDeadline<A> {
@@ -52,7 +55,7 @@ pub struct DeadlineStream {
     inner: Stream,
     timeout: Duration,
     /// Armed while headers are being read; `None` once they are complete.
-    deadline: Option<Pin<Box<Sleep>>>,
+    deadline: Option<Instant>,
     /// The last bytes read, to find `\r\n\r\n` split across reads.
     tail: [u8; 3],
     /// A response was written: the next read starts the next request's headers.
@@ -67,7 +70,7 @@ impl DeadlineStream {
     }
 
     fn arm(&mut self) {
-        self.deadline = Some(Box::pin(tokio::time::sleep_until(Instant::now() + self.timeout)));
+        self.deadline = Some(Instant::now() + self.timeout);
         self.tail = [0; 3];
         self.rearm = false;
     }
@@ -105,13 +108,11 @@ impl AsyncRead for DeadlineStream {
         if this.rearm {
             this.arm();
         }
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "request headers not complete within header_timeout_ms",
-                )));
-            }
+        if this.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request headers not complete within header_timeout_ms",
+            )));
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
