@@ -43,16 +43,29 @@ upstream_start() {
     wait_port "$1"
 }
 
-# redis_start PORT PREFIX: Redis on core 1 with 1000 keys PREFIX-000 … PREFIX-999 (app bench);
+# redis_start PORT PREFIX: Redis on core 1 with 1000 keys PREFIX-000 … PREFIX-999 (app bench),
+# persisted (append-only file) like a production Redis, so redis_restart brings them back;
 # sets redis_pid.
 redis_start() {
-    taskset -c 1 redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-    redis_pid=$!
-    pids+=($redis_pid)
-    wait_port "$1"
+    redis_run "$1"
     for n in $(seq -w 0 999); do
         echo "HSET keygate:key:$(printf '%s-%s' "$2" "$n" | sha256sum | cut -d' ' -f1) app bench"
     done | redis-cli -p "$1" >/dev/null
+}
+
+redis_run() {
+    mkdir -p "$work/redis"
+    taskset -c 1 redis-server --port "$1" --bind 127.0.0.1 --dir "$work/redis" --save '' --appendonly yes \
+        --appendfsync always >/dev/null &
+    redis_pid=$!
+    pids+=($redis_pid)
+    wait_port "$1"
+}
+
+# redis_restart PORT: stop Redis the way a crash-free restart does, and start it on its data.
+redis_restart() {
+    kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+    redis_run "$1"
 }
 
 # keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: one worker thread on core 0, limits off.
