@@ -38,7 +38,7 @@ fn main() {
     let cache = KeyCache::new(&config);
     for id in &ids {
         let record = KeyRecord::active("an-app-name");
-        cache.remember_known(*id, Arc::new(Grant::new(record, rate, None)), false);
+        cache.remember_known(*id, Arc::new(Grant::new(record, rate, None)));
     }
     let known = resident_bytes() - before;
     println!(

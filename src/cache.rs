@@ -91,12 +91,10 @@ impl KeyCache {
         self.known.peek(id).map(|k| k.grant)
     }
 
-    /// Records that the store just confirmed `id`. With `doubtful` (an announcement arrived
-    /// while the lookup was in flight) the entry is served but checked again at once.
-    pub fn remember_known(&self, id: KeyId, grant: Arc<Grant>, doubtful: bool) {
+    /// Records that the store just confirmed `id`.
+    pub fn remember_known(&self, id: KeyId, grant: Arc<Grant>) {
         let now = Instant::now();
-        let verified = if doubtful { now.checked_sub(self.ttl.get()).unwrap_or(now) } else { now };
-        let epoch = self.epoch.load(Ordering::Relaxed);
+        let (verified, epoch) = (now, self.epoch.load(Ordering::Relaxed));
         self.unknown.remove(&id);
         self.known.insert(id, Known { grant, verified, retry_at: now, epoch });
     }
@@ -107,11 +105,13 @@ impl KeyCache {
         self.unknown.insert(id, Instant::now());
     }
 
-    /// After a failed refresh: keep serving the entry, try again in a second.
-    pub fn postpone_refresh(&self, id: &KeyId) {
-        if let Some(mut known) = self.known.peek(id) {
+    /// After a failed refresh of `grant`: keep serving it, try again in a second. Only the
+    /// same entry is touched, and only if it is still there: an announcement that forgot it
+    /// meanwhile is never undone.
+    pub fn postpone_refresh(&self, id: &KeyId, grant: &Arc<Grant>) {
+        if let Some(mut known) = self.known.peek(id).filter(|k| Arc::ptr_eq(&k.grant, grant)) {
             known.retry_at = Instant::now() + REFRESH_RETRY;
-            self.known.insert(*id, known);
+            let _ = self.known.replace(*id, known, true);
         }
     }
 

@@ -40,13 +40,18 @@ pub async fn decide(gateway: &Gateway, request: &RequestFacts<'_>) -> Result<Arc
     let (verdict, charged) = match lookup.cached(&id) {
         Some(verdict) => (verdict, false),
         None => {
-            // Charged before the store is asked: junk costs its sender, not Redis.
-            charge()?;
+            // While the filter cannot answer, every uncached key costs a store read: charge
+            // it first, so junk costs its sender, not Redis. While it can, junk never reaches
+            // the store, and only a key found unknown is charged (below): valid keys never are.
+            let charged = !lookup.filter_answers();
+            if charged {
+                charge()?;
+            }
             let verdict = lookup.resolve(id).await.map_err(|e| match e {
                 LookupError::Unavailable => Rejection::StoreUnavailable,
                 LookupError::Overloaded => Rejection::Overloaded,
             })?;
-            (verdict, true)
+            (verdict, charged)
         }
     };
     match verdict {

@@ -90,6 +90,15 @@ impl Bloom {
     }
 }
 
+#[derive(Default)]
+struct Channel {
+    /// Counts breaks and resumptions of the channel, and announcements of everything; a build
+    /// that saw it change cannot be trusted.
+    epoch: u64,
+    /// Whether the channel is up now.
+    listening: bool,
+}
+
 /// The filter's settings (the config's `filter:` section).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FilterConfig {
@@ -120,13 +129,11 @@ pub struct KeyFilter {
     pub config: FilterConfig,
     current: RwLock<Option<Arc<Bloom>>>,
     /// Whether the current filter may reject: built, and no announcement missed since its
-    /// build began.
+    /// build began. Read on the request path; written only under `channel`.
     trusted: AtomicBool,
-    /// Counts breaks and resumptions of the announcement channel; a build that saw it change
-    /// cannot be trusted.
-    channel_epoch: AtomicU64,
-    /// Whether the announcement channel is up now.
-    listening: AtomicBool,
+    /// The announcement channel's state. Every change of trust happens under this lock, so a
+    /// rebuild finishing can never trust a filter that a break has just distrusted.
+    channel: Mutex<Channel>,
     /// While a rebuild runs: the ids announced meanwhile, added to the new filter before it is
     /// swapped in, so no announcement is lost by the swap.
     pending: Mutex<Option<Vec<KeyId>>>,
@@ -141,8 +148,7 @@ impl KeyFilter {
             config,
             current: RwLock::new(None),
             trusted: AtomicBool::new(false),
-            channel_epoch: AtomicU64::new(0),
-            listening: AtomicBool::new(false),
+            channel: Mutex::new(Channel::default()),
             pending: Mutex::new(None),
             built_at: Mutex::new(None),
             rebuild_now: tokio::sync::Notify::new(),
@@ -174,34 +180,38 @@ impl KeyFilter {
         }
     }
 
-    /// `*` was announced: any number of keys may be new. Nothing is rejected until a rebuild.
+    /// `*` was announced: any number of keys may be new, even ones a running rebuild has
+    /// scanned past. Nothing is rejected until a rebuild that begins after this.
     pub fn announced_everything(&self) {
-        self.trusted.store(false, Ordering::Release);
+        self.distrust(None);
         self.rebuild_now.notify_one();
     }
 
     /// The announcement channel broke: announcements may be missed from now on.
     pub fn channel_lost(&self) {
-        self.listening.store(false, Ordering::SeqCst);
-        self.channel_epoch.fetch_add(1, Ordering::SeqCst);
-        self.trusted.store(false, Ordering::Release);
+        self.distrust(Some(false));
     }
 
     /// The announcement channel is (back) up: a rebuild from now on can be trusted.
     pub fn channel_resumed(&self) {
-        self.channel_epoch.fetch_add(1, Ordering::SeqCst);
-        self.listening.store(true, Ordering::SeqCst);
-        self.trusted.store(false, Ordering::Release);
+        self.distrust(Some(true));
         self.rebuild_now.notify_one();
+    }
+
+    fn distrust(&self, listening: Option<bool>) {
+        let mut channel = self.lock_channel();
+        channel.epoch += 1;
+        if let Some(listening) = listening {
+            channel.listening = listening;
+        }
+        self.trusted.store(false, Ordering::Release);
     }
 
     /// Starts a rebuild: returns what `finish_rebuild` needs to judge it.
     pub fn begin_rebuild(&self) -> RebuildTicket {
         *self.lock_pending() = Some(Vec::new());
-        RebuildTicket {
-            epoch: self.channel_epoch.load(Ordering::SeqCst),
-            listening: self.listening.load(Ordering::SeqCst),
-        }
+        let channel = self.lock_channel();
+        RebuildTicket { epoch: channel.epoch, listening: channel.listening }
     }
 
     /// Swaps in a freshly built filter, with every id announced during the build added.
@@ -212,13 +222,15 @@ impl KeyFilter {
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(bloom));
         *self.built_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        let unbroken = ticket.listening && ticket.epoch == self.channel_epoch.load(Ordering::SeqCst);
+        let channel = self.lock_channel();
+        let unbroken = ticket.listening && ticket.epoch == channel.epoch;
         self.trusted.store(unbroken, Ordering::Release);
     }
 
     /// A rebuild failed: the old filter may be missing keys written since.
     pub fn abandon_rebuild(&self) {
         *self.lock_pending() = None;
+        let _channel = self.lock_channel();
         self.trusted.store(false, Ordering::Release);
     }
 
@@ -229,6 +241,10 @@ impl KeyFilter {
         let age =
             self.built_at.lock().unwrap_or_else(|e| e.into_inner()).map(|at| at.elapsed().as_secs_f64());
         (len, bytes, age)
+    }
+
+    fn lock_channel(&self) -> std::sync::MutexGuard<'_, Channel> {
+        self.channel.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<Vec<KeyId>>> {

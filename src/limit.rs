@@ -31,7 +31,10 @@ impl Limited {
 }
 
 fn quota(rate: Rate) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
+    // Rates are validated within MIN_RATE..=MAX_RATE; the fallback only keeps this total.
+    let period = Duration::try_from_secs_f64(1.0 / rate.per_second)
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_nanos(1));
     let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(period).expect("period is never zero").allow_burst(burst)
 }

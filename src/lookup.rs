@@ -4,8 +4,8 @@
 //! - one store query per key id in flight per process; concurrent requests wait for its answer;
 //! - at most `max_inflight` queries at once; beyond that a lookup is shed as `Overloaded`;
 //! - every query is bounded by `timeout`, and an error or timeout is never cached as unknown;
-//! - an announcement that arrives while a query is in flight makes its answer doubtful: a
-//!   doubtful "unknown" is not cached, a doubtful "known" is checked again on next use;
+//! - an announcement that arrives while a query is in flight (or before its answer is written)
+//!   makes the answer doubtful: it is returned to the requests that asked, but not remembered;
 //! - a key id outside the trusted membership filter ([`crate::filter`]) is unknown without a
 //!   query, but only while the store is answering: during an outage every uncached key is a 503.
 
@@ -103,6 +103,8 @@ impl KeyLookup {
     /// one), a new timeout, a new bound on lookups in flight.
     pub fn set_store(&self, store: Option<Arc<dyn KeyStore>>, timeout: Duration, max_inflight: usize) {
         if let Some(store) = store {
+            // The filter describes the old store: it rejects nothing until rebuilt from the new.
+            self.filter.channel_lost();
             *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
             self.announcements.fetch_add(1, Ordering::SeqCst);
             self.cache.forget_all();
@@ -141,7 +143,7 @@ impl KeyLookup {
             Cached::Stale { grant, refresh } => {
                 self.metrics.cache_lookup(CacheResult::StaleHit);
                 if refresh {
-                    self.refresh_in_background(*id);
+                    self.refresh_in_background(*id, Arc::clone(&grant));
                 }
                 Some(Verdict::Known(grant))
             }
@@ -156,13 +158,19 @@ impl KeyLookup {
         }
     }
 
-    fn refresh_in_background(self: &Arc<Self>, id: KeyId) {
+    fn refresh_in_background(self: &Arc<Self>, id: KeyId, stale: Arc<Grant>) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             if this.fetch(id).await.is_err() {
-                this.cache.postpone_refresh(&id);
+                this.cache.postpone_refresh(&id, &stale);
             }
         });
+    }
+
+    /// Whether the filter may answer "unknown" for this store now; while it cannot, every
+    /// uncached key costs a store lookup.
+    pub fn filter_answers(&self) -> bool {
+        self.store_answering.load(Ordering::Relaxed) && self.filter.is_trusted()
     }
 
     /// The verdict for a key the cache does not hold: the filter's, if it can say "unknown",
@@ -178,14 +186,10 @@ impl KeyLookup {
     /// Asks the store, joining the query already in flight for `id` if there is one.
     pub async fn fetch(&self, id: KeyId) -> Result<Verdict, LookupError> {
         let flight = Arc::clone(self.lock_flights().entry(id).or_default());
-        // If the request running the query is dropped, the next waiter runs it: no one is
-        // left waiting on a query that will never finish.
-        let answer = flight.get_or_init(|| self.query_store(id)).await.clone();
-        let mut flights = self.lock_flights();
-        if flights.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            flights.remove(&id);
-        }
-        answer
+        // Leaves the map whether the query finishes or this request is dropped mid-way (then
+        // a waiter, if any, runs the query itself: nobody waits on a query that never ends).
+        let _leave = LeaveFlight { lookup: self, id, flight: &flight };
+        flight.get_or_init(|| self.query_store(id)).await.clone()
     }
 
     fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, Flight>> {
@@ -202,7 +206,6 @@ impl KeyLookup {
         let store = self.store();
         let timeout = Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed));
         let answer = tokio::time::timeout(timeout, store.fetch(&id)).await;
-        let doubtful = self.announcements.load(Ordering::SeqCst) != seen;
         let result = match &answer {
             Ok(Ok(Some(_))) => StoreResult::Found,
             Ok(Ok(None)) => StoreResult::NotFound,
@@ -211,27 +214,30 @@ impl KeyLookup {
         };
         self.metrics.store_query(result, started.elapsed());
         self.store_answering.store(matches!(answer, Ok(Ok(_))), Ordering::Relaxed);
-        match answer {
+        let verdict = match answer {
             Ok(Ok(Some(record))) => {
                 let previous = self.cache.grant_of(&id);
                 let default_rate = *self.default_rate.read().unwrap_or_else(|e| e.into_inner());
                 let grant = Arc::new(Grant::new(record, default_rate, previous.as_deref()));
-                self.cache.remember_known(id, Arc::clone(&grant), doubtful);
-                Ok(Verdict::Known(grant))
+                self.cache.remember_known(id, Arc::clone(&grant));
+                Verdict::Known(grant)
             }
             Ok(Ok(None)) => {
-                match doubtful {
-                    true => self.cache.forget(&id),
-                    false => self.cache.remember_unknown(id),
-                }
-                Ok(Verdict::Unknown)
+                self.cache.remember_unknown(id);
+                Verdict::Unknown
             }
             Ok(Err(e)) => {
                 log::debug!("lookup of key id {id} failed: {e}");
-                Err(LookupError::Unavailable)
+                return Err(LookupError::Unavailable);
             }
-            Err(_) => Err(LookupError::Unavailable),
+            Err(_) => return Err(LookupError::Unavailable),
+        };
+        // Checked after the write: an announcement counts before it forgets, so one that came
+        // at any point since the query began is either seen here or forgets after the write.
+        if self.announcements.load(Ordering::SeqCst) != seen {
+            self.cache.forget(&id);
         }
+        Ok(verdict)
     }
 
     /// A new default per-key limit (a reload). Known keys are confirmed again in the background
@@ -271,6 +277,25 @@ impl KeyLookup {
     /// The announcement channel broke: from now on announcements may be missed.
     pub fn announcements_lost(&self) {
         self.filter.channel_lost();
+    }
+}
+
+/// Takes a flight out of the map when the request that joined it is done with it, unless
+/// others still wait on it (they run it, or read its answer, themselves).
+struct LeaveFlight<'a> {
+    lookup: &'a KeyLookup,
+    id: KeyId,
+    flight: &'a Flight,
+}
+
+impl Drop for LeaveFlight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.lookup.lock_flights();
+        let ours = flights.get(&self.id).is_some_and(|f| Arc::ptr_eq(f, self.flight));
+        // Under the map's lock no one can join meanwhile: two references are the map's and ours.
+        if ours && (self.flight.initialized() || Arc::strong_count(self.flight) <= 2) {
+            flights.remove(&self.id);
+        }
     }
 }
 

@@ -110,3 +110,20 @@ fn ipv6_clients_are_charged_per_64() {
     assert_limited(&from(&gateway, "2001:db8:0:7::4", None));
     assert_eq!(from(&gateway, "2001:db8:0:8::1", None).status, 401, "the next /64 is someone else");
 }
+
+#[test]
+fn without_the_filter_junk_is_charged_before_the_store_is_asked() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra(&limits("per_second: 1000\n  burst: 1000", "{per_second: 0.5, burst: 10}"))
+        .extra("trusted_proxies: [127.0.0.1/32]\nfilter: {enabled: false}")
+        .start();
+    redis.reset_stats();
+    let answers: Vec<Response> =
+        (0..40).map(|n| from(&gateway, "203.0.113.7", Some(&format!("junk-{n}")))).collect();
+    assert_eq!(answers.iter().filter(|r| r.status == 403).count(), 10);
+    answers.iter().filter(|r| r.status != 403).for_each(assert_limited);
+    assert_eq!(redis.reads(), 10, "Redis was asked past the sender's burst");
+    assert_eq!(from(&gateway, "203.0.113.8", Some("valid-key")).status, 200);
+}

@@ -57,7 +57,7 @@ proptest! {
             let mut model: HashMap<u8, Model> = HashMap::new();
             for op in ops {
                 match op {
-                    Op::Known(k) => { cache.remember_known(id(k), grant(), false); model.insert(k, Model::Known(0, true)); }
+                    Op::Known(k) => { cache.remember_known(id(k), grant()); model.insert(k, Model::Known(0, true)); }
                     Op::Unknown(k) => { cache.remember_unknown(id(k)); model.insert(k, Model::Unknown(0)); }
                     Op::Forget(k) => { cache.forget(&id(k)); model.remove(&k); }
                     Op::ForgetAll => { cache.forget_all(); model.clear(); }

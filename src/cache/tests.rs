@@ -34,17 +34,32 @@ fn kind(c: &Cached) -> &'static str {
 #[tokio::test(start_paused = true)]
 async fn a_known_key_is_fresh_then_stale_then_gone() {
     let c = cache(10, 10);
-    c.remember_known(id(1), grant(), false);
+    let g = grant();
+    c.remember_known(id(1), Arc::clone(&g));
     assert_eq!(kind(&c.get(&id(1))), "fresh");
     tokio::time::advance(Duration::from_secs(301)).await;
     assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
-    c.postpone_refresh(&id(1));
+    c.postpone_refresh(&id(1), &g);
     assert_eq!(kind(&c.get(&id(1))), "stale");
     tokio::time::advance(REFRESH_RETRY).await;
     assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert_eq!(kind(&c.get(&id(1))), "miss");
     assert!(c.grant_of(&id(1)).is_some(), "the limiter outlives the entry's usefulness");
+}
+
+#[tokio::test(start_paused = true)]
+async fn postponing_a_refresh_never_brings_back_a_forgotten_key() {
+    let c = cache(10, 10);
+    let g = grant();
+    c.remember_known(id(1), Arc::clone(&g));
+    c.forget(&id(1));
+    c.postpone_refresh(&id(1), &g);
+    assert_eq!(kind(&c.get(&id(1))), "miss");
+    let newer = grant();
+    c.remember_known(id(1), Arc::clone(&newer));
+    c.postpone_refresh(&id(1), &g);
+    assert!(Arc::ptr_eq(&c.grant_of(&id(1)).unwrap(), &newer), "an older grant replaced a newer one");
 }
 
 #[tokio::test(start_paused = true)]
@@ -60,7 +75,7 @@ async fn an_unknown_key_expires_after_its_own_ttl() {
 async fn a_flood_of_unknown_keys_never_evicts_a_known_one() {
     let c = cache(100, 100);
     for n in 0..50 {
-        c.remember_known(id(n), grant(), false);
+        c.remember_known(id(n), grant());
     }
     for n in 1000..21_000 {
         c.remember_unknown(id(n));
@@ -74,18 +89,18 @@ async fn a_flood_of_unknown_keys_never_evicts_a_known_one() {
 #[tokio::test(start_paused = true)]
 async fn announcements_forget_and_a_resubscribe_distrusts() {
     let c = cache(10, 10);
-    c.remember_known(id(1), grant(), false);
+    c.remember_known(id(1), grant());
     c.remember_unknown(id(2));
     c.forget(&id(1));
     c.forget(&id(2));
     assert_eq!((kind(&c.get(&id(1))), kind(&c.get(&id(2)))), ("miss", "miss"));
 
-    c.remember_known(id(1), grant(), false);
+    c.remember_known(id(1), grant());
     c.remember_unknown(id(2));
     c.distrust_all();
     assert_eq!(kind(&c.get(&id(1))), "stale-refresh", "known keys are still served, but confirmed");
     assert_eq!(kind(&c.get(&id(2))), "miss", "nothing unverified is trusted as unknown");
-    c.remember_known(id(1), grant(), false);
+    c.remember_known(id(1), grant());
     assert_eq!(kind(&c.get(&id(1))), "fresh");
 
     c.forget_all();
@@ -93,17 +108,10 @@ async fn announcements_forget_and_a_resubscribe_distrusts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_doubtful_answer_is_checked_again_at_once() {
-    let c = cache(10, 10);
-    c.remember_known(id(1), grant(), true);
-    assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
-}
-
-#[tokio::test(start_paused = true)]
 async fn learning_a_key_replaces_its_other_entry() {
     let c = cache(10, 10);
     c.remember_unknown(id(1));
-    c.remember_known(id(1), grant(), false);
+    c.remember_known(id(1), grant());
     assert_eq!((kind(&c.get(&id(1))), c.unknown_len()), ("fresh", 0));
     c.remember_unknown(id(1));
     assert_eq!((kind(&c.get(&id(1))), c.known_len()), ("unknown", 0));
@@ -116,7 +124,7 @@ async fn known_keys_and_their_limiters_are_bounded_by_capacity() {
         .map(|n| {
             let g = grant();
             let weak = Arc::downgrade(&g.limiter);
-            c.remember_known(id(n), g, false);
+            c.remember_known(id(n), g);
             weak
         })
         .collect();

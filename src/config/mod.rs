@@ -464,8 +464,9 @@ fn rate_limit(p: &mut Problems, r: RateLimitFile) -> RateLimitConfig {
 }
 
 fn rate(p: &mut Problems, field: &str, per_second: f64, burst: u32) -> Rate {
-    if !(per_second.is_finite() && per_second > 0.0 && per_second <= 1e9) {
-        p.add(&format!("{field}.per_second"), "must be a number above 0");
+    use crate::store::record::{MAX_RATE, MIN_RATE};
+    if !(per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&per_second)) {
+        p.add(&format!("{field}.per_second"), format!("must be a number from {MIN_RATE} to {MAX_RATE}"));
     }
     if burst == 0 {
         p.add(&format!("{field}.burst"), "must be at least 1");

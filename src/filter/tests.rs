@@ -55,6 +55,16 @@ fn a_build_that_saw_the_channel_break_is_not_trusted() {
 }
 
 #[test]
+fn announcing_everything_during_a_rebuild_leaves_its_filter_untrusted() {
+    let filter = KeyFilter::new(config());
+    filter.channel_resumed();
+    let ticket = filter.begin_rebuild();
+    filter.announced_everything();
+    filter.finish_rebuild(ticket, Bloom::new(10, 12));
+    assert!(!filter.is_trusted(), "keys written behind the scan would be rejected");
+}
+
+#[test]
 fn a_key_announced_during_a_rebuild_survives_the_swap() {
     let filter = KeyFilter::new(config());
     filter.channel_resumed();

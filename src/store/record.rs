@@ -4,6 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The slowest and fastest per-key rates accepted (one request in about eleven days, and a
+/// billion a second): beyond them the limiter's arithmetic would overflow.
+pub const MIN_RATE: f64 = 1e-6;
+pub const MAX_RATE: f64 = 1e9;
+
 /// The longest `app` the contract allows.
 pub const MAX_APP_LEN: usize = 128;
 
@@ -65,7 +70,7 @@ impl KeyRecord {
         {
             return Err(RecordError::BadApp);
         }
-        if self.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        if self.rate.is_some_and(|r| !(r.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r))) {
             return Err(RecordError::BadNumber("rate"));
         }
         if self.burst == Some(0) {
@@ -140,7 +145,9 @@ mod tests {
         assert_eq!(KeyRecord::from_fields(&fields(&[("app", "")])), Err(RecordError::BadApp));
         let long = "x".repeat(129);
         assert_eq!(KeyRecord::from_fields(&fields(&[("app", &long)])), Err(RecordError::BadApp));
-        for (field, bad) in [("rate", "fast"), ("rate", "0"), ("burst", "-1"), ("expires", "soon")] {
+        for (field, bad) in
+            [("rate", "fast"), ("rate", "0"), ("rate", "1e-20"), ("burst", "-1"), ("expires", "soon")]
+        {
             assert!(KeyRecord::from_fields(&fields(&[("app", "a"), (field, bad)])).is_err(), "{field}={bad}");
         }
     }

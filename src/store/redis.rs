@@ -81,7 +81,17 @@ impl KeyStore for RedisStore {
         each: &mut (dyn FnMut(KeyId) + Send),
     ) -> Result<usize, StoreError> {
         let mut connection = self.scan_connection().await?;
-        let pattern = format!("{}key:*", self.prefix);
+        // The prefix is literal: escape what SCAN's MATCH would read as a glob.
+        let literal: String = self
+            .prefix
+            .chars()
+            .flat_map(|c| match c {
+                '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let pattern = format!("{literal}key:*");
+        let names_start = format!("{}key:", self.prefix);
         let (mut cursor, mut count) = (0u64, 0usize);
         loop {
             let mut scan = redis::cmd("SCAN");
@@ -92,7 +102,7 @@ impl KeyStore for RedisStore {
                 .map_err(|_| StoreError::Timeout)?
                 .map_err(unreachable)?;
             for name in &names {
-                if let Some(id) = name.strip_prefix(&pattern[..pattern.len() - 1]).and_then(KeyId::from_hex) {
+                if let Some(id) = name.strip_prefix(&names_start).and_then(KeyId::from_hex) {
                     each(id);
                     count += 1;
                 }
