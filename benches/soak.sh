@@ -28,10 +28,14 @@ delay = function() return $1 end
 LUA
 }
 script 0
-capacity=$(taskset -c 1 wrk -t1 -c"$conns" -d10s -s "$work/load.lua" "http://127.0.0.1:$kg" | awk '/^Requests\/sec/ {printf "%d", $2}')
-delay=$(python3 -c "print(max(1, round(1000 * $conns / (0.6 * $capacity))))")
-script "$delay"
-echo "capacity ${capacity} req/s; soaking at about 60% (delay ${delay} ms per request per connection) for ${total}s" >&2
+rate() { taskset -c 1 wrk -t1 -c"$1" -d"$2" -s "$work/load.lua" "http://127.0.0.1:$kg" | awk '/^Requests\/sec/ {printf "%d", $2}'; }
+capacity=$(rate "$conns" 10s)
+# wrk paces only in whole milliseconds per request: pace each connection at 1 ms and choose how
+# many connections make 60% of capacity.
+script 1
+paced=$(rate "$conns" 5s)
+conns=$(python3 -c "print(max(1, round($conns * 0.6 * $capacity / $paced)))")
+echo "capacity ${capacity} req/s; soaking at about 60% (${conns} connections, 1 ms apart) for ${total}s" >&2
 
 footprint() { echo "$(( $(awk '{print $2}' /proc/$kg_pid/statm) * 4 )) $(ls /proc/$kg_pid/fd | wc -l)"; }
 printf '%-6s %10s %10s %8s %8s %8s %s\n' minute req/s p99_ms rss_kb fds non2xx fault
