@@ -68,19 +68,20 @@ redis_restart() {
     redis_run "$1"
 }
 
-# keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: one worker thread on core 0, limits off.
+# keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: KEYGATE_THREADS (1) worker threads on
+# KEYGATE_CPUS (core 0), limits off.
 keygate_start() {
     cat > "$work/keygate.yaml" <<CONF
 listen: ["127.0.0.1:$1"]
 admin_listen: "127.0.0.1:$2"
-threads: 1
+threads: ${KEYGATE_THREADS:-1}
 grace_period_s: 0
 upstream: {peers: ["127.0.0.1:$4"]}
 store: {redis: {url: "redis://127.0.0.1:$3/0"}}
 rate_limit: {per_second: 1000000000, burst: 1000000000, unauthenticated_per_ip: {per_second: 1000000000, burst: 1000000000}}
 ${5:-}
 CONF
-    RUST_LOG=warn taskset -c 0 ./target/release/keygate -c "$work/keygate.yaml" 2>"$work/keygate.log" &
+    RUST_LOG=warn taskset -c "${KEYGATE_CPUS:-0}" ./target/release/keygate -c "$work/keygate.yaml" 2>"$work/keygate.log" &
     keygate_pid=$!
     pids+=($keygate_pid)
     wait_port "$1"
