@@ -36,8 +36,10 @@ fn main() {
 
     let before = resident_bytes();
     let cache = KeyCache::new(&config);
+    // Lookups intern app names, so the keys of one app share its name, as here.
+    let app: Arc<str> = "an-app-name".into();
     for id in &ids {
-        let record = KeyRecord::active("an-app-name");
+        let record = KeyRecord { app: Arc::clone(&app), ..KeyRecord::active("-") };
         cache.remember_known(*id, Arc::new(Grant::new(record, rate, None)));
     }
     let known = resident_bytes() - before;

@@ -133,7 +133,7 @@ fn file_entry(id: KeyId, record: &KeyRecord) -> Value {
     let mut entry = Mapping::new();
     entry.insert("id".into(), id.to_hex().into());
     entry.insert("app".into(), record.app.as_ref().into());
-    entry.insert("status".into(), record.status.as_ref().into());
+    entry.insert("status".into(), record.status.as_str().into());
     if let Some(rate) = record.rate {
         entry.insert("rate".into(), rate.into());
     }

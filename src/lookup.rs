@@ -67,6 +67,9 @@ pub struct KeyLookup {
     /// the hit path.
     default_rate: RwLock<Rate>,
     metrics: Arc<Metrics>,
+    /// One shared copy of each app name: many keys belong to one app, and a cached key's
+    /// memory is mostly its record.
+    apps: Mutex<AppNames>,
 }
 
 impl KeyLookup {
@@ -91,6 +94,7 @@ impl KeyLookup {
             announcements: AtomicU64::new(0),
             default_rate: RwLock::new(default_rate),
             metrics,
+            apps: Mutex::new(AppNames::default()),
         }
     }
 
@@ -215,7 +219,8 @@ impl KeyLookup {
         self.metrics.store_query(result, started.elapsed());
         self.store_answering.store(matches!(answer, Ok(Ok(_))), Ordering::Relaxed);
         let verdict = match answer {
-            Ok(Ok(Some(record))) => {
+            Ok(Ok(Some(mut record))) => {
+                record.app = self.apps.lock().unwrap_or_else(|e| e.into_inner()).intern(&record.app);
                 let previous = self.cache.grant_of(&id);
                 let default_rate = *self.default_rate.read().unwrap_or_else(|e| e.into_inner());
                 let grant = Arc::new(Grant::new(record, default_rate, previous.as_deref()));
@@ -277,6 +282,29 @@ impl KeyLookup {
     /// The announcement channel broke: from now on announcements may be missed.
     pub fn announcements_lost(&self) {
         self.filter.channel_lost();
+    }
+}
+
+/// The app names of cached records, each held once.
+#[derive(Default)]
+struct AppNames {
+    names: std::collections::HashSet<Arc<str>>,
+    /// Size after the last sweep; the set is swept of unused names when it doubles.
+    swept_at: usize,
+}
+
+impl AppNames {
+    fn intern(&mut self, app: &Arc<str>) -> Arc<str> {
+        if let Some(shared) = self.names.get(app) {
+            return Arc::clone(shared);
+        }
+        if self.names.len() >= 2 * self.swept_at + 1024 {
+            // Only the set holds a name no cached record uses any more.
+            self.names.retain(|name| Arc::strong_count(name) > 1);
+            self.swept_at = self.names.len();
+        }
+        self.names.insert(Arc::clone(app));
+        Arc::clone(app)
     }
 }
 

@@ -169,3 +169,16 @@ async fn a_new_default_limit_reaches_keys_that_use_it_and_spares_the_others() {
     assert!(grant("default").limiter.check().is_ok() && grant("default").limiter.check().is_err());
     assert!(Arc::ptr_eq(&before_own.limiter, &grant("own").limiter), "an unchanged limit keeps its state");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_keys_of_one_app_share_its_name() {
+    let store = Arc::new(MemoryStore::default());
+    store.insert(id("a"), KeyRecord::active("acme"));
+    store.insert(id("b"), KeyRecord::active("acme"));
+    let l = lookup(store.clone(), 8);
+    let (Ok(Verdict::Known(a)), Ok(Verdict::Known(b))) = (l.fetch(id("a")).await, l.fetch(id("b")).await)
+    else {
+        panic!("both keys are known");
+    };
+    assert!(Arc::ptr_eq(&a.record.app, &b.record.app));
+}

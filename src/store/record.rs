@@ -18,7 +18,7 @@ pub struct KeyRecord {
     /// The tenant the key belongs to; sent upstream as `X-Keygate-App`.
     pub app: Arc<str>,
     /// `active`, or anything else (e.g. `revoked`) which disables the key.
-    pub status: Arc<str>,
+    pub status: Status,
     /// Requests per second for this key, overriding the config's default.
     pub rate: Option<f64>,
     /// Burst for this key, overriding the config's default.
@@ -41,7 +41,7 @@ pub enum RecordError {
 impl KeyRecord {
     /// An active record for `app` with the config's limits.
     pub fn active(app: &str) -> Self {
-        KeyRecord { app: app.into(), status: "active".into(), rate: None, burst: None, expires: None }
+        KeyRecord { app: app.into(), status: Status::ACTIVE, rate: None, burst: None, expires: None }
     }
 
     /// Builds a record from a Redis hash's fields.
@@ -58,7 +58,7 @@ impl KeyRecord {
             .map(|v| v.parse::<u64>().map_err(|_| RecordError::BadNumber("expires")))
             .transpose()?;
         let status = fields.get("status").map_or("active", |s| s.as_str());
-        KeyRecord { app: app.as_str().into(), status: status.into(), rate, burst, expires }.checked()
+        KeyRecord { app: app.as_str().into(), status: Status::from(status), rate, burst, expires }.checked()
     }
 
     /// Checks what serde cannot: the app's length and the numbers' ranges.
@@ -81,7 +81,7 @@ impl KeyRecord {
 
     /// Stands in for a record that breaks the data model: the key exists but is not usable.
     pub fn invalid() -> Self {
-        KeyRecord { status: "invalid-record".into(), ..KeyRecord::active("-") }
+        KeyRecord { status: Status::from("invalid-record"), ..KeyRecord::active("-") }
     }
 
     /// The fields to write for this record (the CLI's `keys add`).
@@ -95,12 +95,44 @@ impl KeyRecord {
 
     /// Whether the key may be used at `now` (unix seconds): active and not expired.
     pub fn is_enabled_at(&self, now: u64) -> bool {
-        &*self.status == "active" && self.expires.is_none_or(|at| now < at)
+        self.status.is_active() && self.expires.is_none_or(|at| now < at)
     }
 
     /// [`Self::is_enabled_at`] for the current wall-clock time.
     pub fn is_enabled(&self) -> bool {
         self.is_enabled_at(unix_now())
+    }
+}
+
+/// A record's status. Almost every key is active, so that case holds no string at all: one
+/// allocation less per cached key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status(Option<Arc<str>>);
+
+impl Status {
+    pub const ACTIVE: Status = Status(None);
+
+    pub fn is_active(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("active")
+    }
+}
+
+impl From<&str> for Status {
+    fn from(status: &str) -> Self {
+        match status {
+            "active" => Status::ACTIVE,
+            other => Status(Some(other.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -126,7 +158,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            (&*r.app, &*r.status, r.rate, r.burst, r.expires),
+            (&*r.app, r.status.as_str(), r.rate, r.burst, r.expires),
             ("acme", "active", Some(2.5), Some(7), Some(100))
         );
         assert!(r.is_enabled_at(99));
