@@ -26,6 +26,9 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+/// The longest a start waits for the key store to answer.
+const STORE_WARMUP: Duration = Duration::from_secs(2);
+
 /// How often the per-IP limiter forgets addresses that are back to a full burst.
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(10);
 
@@ -93,6 +96,14 @@ impl Gateway {
             config.rate_limit.per_key,
             Arc::clone(&metrics),
         ));
+        // Connect to the store before serving: otherwise the first lookups of a new process (a
+        // start, or a graceful upgrade taking over live traffic) pay the connection set-up
+        // inside their timeout_ms. A store that is down delays the start by STORE_WARMUP at most.
+        let store = lookup.store();
+        let warm = tasks.block_on(async { tokio::time::timeout(STORE_WARMUP, store.ping()).await });
+        if !matches!(warm, Ok(Ok(()))) {
+            log::warn!("key store not answering at start; serving anyway (uncached keys get 503)");
+        }
         let (upstreams, health_service) = Upstreams::new(&config.upstream);
         let access_log = config.access_log.as_ref().map(AccessLog::open).transpose()?;
         let gateway = Arc::new(Gateway {

@@ -52,17 +52,20 @@ fn a_graceful_upgrade_under_steady_load_fails_no_request() {
     let mut gateway = Setup::redis(&redis, &upstream).start();
     let running = Arc::new(AtomicBool::new(true));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let clients: Vec<_> = (0..2)
         .map(|_| {
             let (running, sent, failed, addr) = (running.clone(), sent.clone(), failed.clone(), gateway.addr);
+            let failures = failures.clone();
             std::thread::spawn(move || {
                 while running.load(Ordering::SeqCst) {
-                    let ok =
-                        http::request(addr, "POST", "/ingest", &[("X-ApiKey", "steady-key")], b"{\"e\":1}")
-                            .is_ok_and(|r| r.status == 200);
+                    let answer =
+                        http::request(addr, "POST", "/ingest", &[("X-ApiKey", "steady-key")], b"{\"e\":1}");
                     sent.fetch_add(1, Ordering::SeqCst);
-                    if !ok {
+                    if !answer.as_ref().is_ok_and(|r| r.status == 200) {
                         failed.fetch_add(1, Ordering::SeqCst);
+                        let what = answer.map(|r| format!("{} {}", r.status, r.text()));
+                        failures.lock().unwrap().push(format!("{what:?}"));
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -79,7 +82,8 @@ fn a_graceful_upgrade_under_steady_load_fails_no_request() {
     clients.into_iter().for_each(|c| c.join().unwrap());
     let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     assert!(sent > 100, "only {sent} requests were sent");
-    assert_eq!(failed, 0, "{failed} of {sent} requests failed across {UPGRADES} upgrades");
+    let failures = failures.lock().unwrap();
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed across {UPGRADES} upgrades: {failures:?}");
     assert_eq!(upstream.count(), sent);
     assert!(!gateway.logs().contains("panicked"), "an instance panicked:\n{}", gateway.logs());
 }
