@@ -20,7 +20,6 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::services::background::GenBackgroundService;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::runtime::Runtime;
@@ -48,8 +47,6 @@ pub struct Gateway {
     pub upstreams: Upstreams,
     /// The JSON access log, when configured (changing it needs a restart).
     pub access_log: Option<AccessLog>,
-    /// True while the invalidation subscription is up (always true for the file store).
-    pub subscribed: Arc<AtomicBool>,
     /// The file a reload reads; none for a gateway built in a test from a value.
     pub config_path: Option<PathBuf>,
     /// The invalidation listener, replaced when a reload changes the store.
@@ -113,7 +110,6 @@ impl Gateway {
             metrics,
             upstreams,
             access_log,
-            subscribed: Arc::new(AtomicBool::new(false)),
             config_path,
             announcements: Mutex::new(None),
             tasks: Some(tasks),
@@ -140,13 +136,10 @@ impl Gateway {
             StoreBackend::Redis { url, prefix } => {
                 let Ok(client) = redis::Client::open(url.as_str()) else { return };
                 let channel = format!("{prefix}invalidate");
-                let (lookup, subscribed) = (Arc::clone(&self.lookup), Arc::clone(&self.subscribed));
-                subscribed.store(false, Ordering::SeqCst);
-                *current =
-                    Some(self.runtime().spawn(invalidate::listen(client, channel, lookup, subscribed)));
+                let lookup = Arc::clone(&self.lookup);
+                *current = Some(self.runtime().spawn(invalidate::listen(client, channel, lookup)));
             }
             StoreBackend::File(_) => {
-                self.subscribed.store(true, Ordering::SeqCst);
                 self.lookup.announcements_resumed();
             }
         }

@@ -9,7 +9,6 @@
 use crate::key::KeyId;
 use crate::lookup::{Announcement, KeyLookup};
 use futures_util::StreamExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,23 +26,16 @@ pub fn parse(payload: &str) -> Option<Announcement> {
     }
 }
 
-/// Runs the subscription for ever, reconnecting as needed. `subscribed` is true while it is up.
-pub async fn listen(
-    client: redis::Client,
-    channel: String,
-    lookup: Arc<KeyLookup>,
-    subscribed: Arc<AtomicBool>,
-) {
+/// Runs the subscription for ever, reconnecting as needed; the lookup hears each loss and resumption.
+pub async fn listen(client: redis::Client, channel: String, lookup: Arc<KeyLookup>) {
     let mut logged_down = false;
     loop {
         match subscribe(&client, &channel).await {
             Ok(pubsub) => {
                 lookup.announcements_resumed();
-                subscribed.store(true, Ordering::SeqCst);
                 log::info!("listening for invalidations on {channel}");
                 logged_down = false;
                 let reason = follow(pubsub, &lookup).await;
-                subscribed.store(false, Ordering::SeqCst);
                 lookup.announcements_lost();
                 log::warn!("invalidation subscription lost ({reason}); subscribing again");
             }
