@@ -39,7 +39,7 @@ impl ServeHttp for AuthApp {
         let query = original.as_ref().map_or(request.uri.query(), |uri| uri.query());
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let decision = decide(&self.gateway, &RequestFacts { headers: &request.headers, query, peer }).await;
-        if !drain(session).await {
+        if !drain(session).await || self.gateway.is_draining() {
             session.set_keepalive(None);
         }
         let (response, outcome) = match &decision {

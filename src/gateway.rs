@@ -18,11 +18,14 @@ use crate::upstream::Upstreams;
 use arc_swap::ArcSwap;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
+use pingora::server::ExecutionPhase;
 use pingora::services::background::GenBackgroundService;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::runtime::Runtime;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 /// The longest a start waits for the key store to answer.
@@ -49,6 +52,10 @@ pub struct Gateway {
     pub access_log: Option<AccessLog>,
     /// The file a reload reads; none for a gateway built in a test from a value.
     pub config_path: Option<PathBuf>,
+    /// Set once this process has handed its listeners to a successor (a graceful upgrade):
+    /// every response then closes its connection, so keep-alive clients move to the new
+    /// process before this one stops and drops the connections left idle.
+    draining: AtomicBool,
     /// The invalidation listener, replaced when a reload changes the store.
     announcements: Mutex<Option<JoinHandle<()>>>,
     /// Drives the Redis connections and the background tasks, apart from Pingora's runtimes,
@@ -111,6 +118,7 @@ impl Gateway {
             upstreams,
             access_log,
             config_path,
+            draining: AtomicBool::new(false),
             announcements: Mutex::new(None),
             tasks: Some(tasks),
         });
@@ -143,6 +151,34 @@ impl Gateway {
                 self.lookup.announcements_resumed();
             }
         }
+    }
+
+    /// Whether responses should close their connections (see `draining`).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Follows Pingora's phases: once the listeners are handed over, or the stop has begun,
+    /// the process drains.
+    pub fn drain_when_handed_over(self: &Arc<Self>, mut phases: broadcast::Receiver<ExecutionPhase>) {
+        let gateway = Arc::downgrade(self);
+        self.spawn(async move {
+            loop {
+                match phases.recv().await {
+                    Ok(ExecutionPhase::GracefulUpgradeCloseTimeout | ExecutionPhase::ShutdownStarted) => {
+                        if let Some(gateway) = gateway.upgrade() {
+                            log::info!(
+                                "listeners handed over or stopping: closing connections after each response"
+                            );
+                            gateway.draining.store(true, Ordering::Relaxed);
+                        }
+                        return;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Runs `future` on the background runtime.

@@ -9,8 +9,15 @@
 //! slow upload is legitimate, and read timeouts cover it).
 //!
 //! The deadline is checked when a read is attempted, not by a timer: a client that trickles
-//! bytes is cut at its next read past the deadline, and one that sends nothing at all is
-//! Pingora's read timeout's. So the hot path costs a clock read per read, no timer-wheel work.
+//! bytes is cut at its next read past the deadline. So the hot path costs a clock read per
+//! read, no timer-wheel work.
+//!
+//! A new connection is handed to Pingora only once its first bytes have arrived (or closed
+//! when none come within `header_timeout`: one timer per connection, none per request). When a
+//! stop or upgrade begins, Pingora drops every connection still waiting for its request; a
+//! connection accepted a moment before, whose request was on its way, would be closed
+//! unanswered. Waiting for the first bytes here, where no stop interrupts, closes that window:
+//! the request is already readable when Pingora starts to read it.
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -40,8 +47,12 @@ impl<A> WithHeaderDeadline<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let stream: Stream = Box::new(DeadlineStream::new(stream, self.timeout));
-        self.inner.process_new(stream, shutdown).await
+        let mut stream = DeadlineStream::new(stream, self.timeout);
+        let first_bytes = tokio::time::timeout(self.timeout, stream.try_peek(&mut [0; 1])).await;
+        if !matches!(first_bytes, Ok(Ok(_))) {
+            return None;
+        }
+        self.inner.process_new(Box::new(stream), shutdown).await
     }
 
     async fn cleanup(&self) {

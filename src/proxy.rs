@@ -64,6 +64,9 @@ impl ProxyHttp for KeyGateProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.gateway.is_draining() {
+            session.set_keepalive(None);
+        }
         let request = session.req_header();
         let facts =
             RequestFacts { headers: &request.headers, query: request.uri.query(), peer: peer_ip(session) };

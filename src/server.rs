@@ -34,6 +34,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
     let admin_listen = config.admin_listen.clone();
     let auth_listen = config.auth_listen.clone();
     let (gateway, health_checks) = Gateway::start(config, config_path)?;
+    gateway.drain_when_handed_over(server.watch_execution_phase());
 
     let header_timeout = gateway.config.load().header_timeout;
     let proxy_app = http_proxy(&server.configuration, KeyGateProxy::new(gateway.clone()));

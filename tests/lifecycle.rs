@@ -43,6 +43,25 @@ fn sigterm_lets_a_slow_upload_in_flight_finish_then_exits() {
     assert!(!gateway.logs().contains("panicked"), "the stop panicked:\n{}", gateway.logs());
 }
 
+#[test]
+fn a_connection_accepted_before_a_stop_is_answered_when_its_request_comes_after() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("late-key", &[("app", "acme")]);
+    let mut gateway = Setup::redis(&redis, &upstream).start();
+    gateway.reload(|yaml| yaml.replace("grace_period_s: 1", "grace_period_s: 3"));
+    // Accepted, and silent when the stop begins: the request that was on its way arrives after.
+    let mut early = Connection::open(gateway.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    gateway.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let response = early.request("POST", "/ingest", &[("X-ApiKey", "late-key")], b"{}").unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"), "a stopping gateway keeps connections");
+    assert_eq!(upstream.count(), 1);
+    let status = gateway.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "exited with {status:?}");
+}
+
 const UPGRADES: usize = 20;
 
 #[test]
@@ -53,19 +72,35 @@ fn a_graceful_upgrade_under_steady_load_fails_no_request() {
     let running = Arc::new(AtomicBool::new(true));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
+    // Two clients open a connection per request (a stop must not drop one just accepted); a
+    // third keeps its connection and opens another only when told `Connection: close`.
+    let clients: Vec<_> = [false, false, true]
+        .into_iter()
+        .map(|keep_alive| {
             let (running, sent, failed, addr) = (running.clone(), sent.clone(), failed.clone(), gateway.addr);
             let failures = failures.clone();
             std::thread::spawn(move || {
+                let mut connection: Option<Connection> = None;
                 while running.load(Ordering::SeqCst) {
-                    let answer =
-                        http::request(addr, "POST", "/ingest", &[("X-ApiKey", "steady-key")], b"{\"e\":1}");
+                    let answer = match connection.take() {
+                        Some(open) => Ok(open),
+                        None => Connection::open(addr),
+                    }
+                    .and_then(|mut open| {
+                        let answer =
+                            open.request("POST", "/ingest", &[("X-ApiKey", "steady-key")], b"{\"e\":1}");
+                        let closing =
+                            answer.as_ref().map_or(true, |r| r.header("connection") == Some("close"));
+                        if keep_alive && !closing {
+                            connection = Some(open);
+                        }
+                        answer
+                    });
                     sent.fetch_add(1, Ordering::SeqCst);
                     if !answer.as_ref().is_ok_and(|r| r.status == 200) {
                         failed.fetch_add(1, Ordering::SeqCst);
                         let what = answer.map(|r| format!("{} {}", r.status, r.text()));
-                        failures.lock().unwrap().push(format!("{what:?}"));
+                        failures.lock().unwrap().push(format!("keep-alive {keep_alive}: {what:?}"));
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
