@@ -1,5 +1,6 @@
 //! The request path's decision, without the network: extract the key, hash it to its id, ask
-//! the cache, check the limiter. `cargo bench --bench decision` (or `make bench`).
+//! the cache, check the limiter; then each stage alone, and the membership filter.
+//! `cargo bench --bench decision` (or `make bench`).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -8,10 +9,12 @@ use keygate::config::{CacheConfig, Rate};
 use keygate::extract::{Extracted, KeyExtractor, KeySource};
 use keygate::filter::{Bloom, FilterConfig, KeyFilter};
 use keygate::key::ApiKey;
+use keygate::limit::IpLimiter;
 use keygate::lookup::{KeyLookup, Verdict};
 use keygate::metrics::Metrics;
 use keygate::store::memory::MemoryStore;
 use keygate::store::KeyRecord;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +59,7 @@ fn setup() -> (KeyExtractor, Arc<KeyLookup>) {
 fn decide(extractor: &KeyExtractor, lookup: &Arc<KeyLookup>, headers: &HeaderMap) -> bool {
     let Extracted::Key(key) = extractor.extract(headers, None) else { return false };
     match lookup.cached(&key.id()) {
-        Some(Verdict::Known(grant)) => grant.record.is_enabled() && grant.limiter.check().is_ok(),
+        Some(Verdict::Known(grant)) => grant.is_enabled() && grant.limiter.check().is_ok(),
         _ => false,
     }
 }
@@ -88,6 +91,11 @@ fn decision(c: &mut Criterion) {
     c.bench_function("stage/key_id_sha256", |b| b.iter(|| black_box(&key).id()));
     let id = key.id();
     c.bench_function("stage/cache_lookup", |b| b.iter(|| lookup.cached(black_box(&id)).is_some()));
+    let Some(Verdict::Known(grant)) = lookup.cached(&id) else { panic!("the known key is cached") };
+    c.bench_function("stage/key_limiter", |b| b.iter(|| black_box(&grant).limiter.check().is_ok()));
+    let per_ip = IpLimiter::new(Rate { per_second: 1e9, burst: 1_000_000_000 });
+    let client: IpAddr = "203.0.113.9".parse().unwrap();
+    c.bench_function("stage/ip_limiter", |b| b.iter(|| per_ip.check(black_box(client)).is_ok()));
 }
 
 /// The membership filter at a million keys: a lookup, present and absent, and its size.

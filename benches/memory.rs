@@ -40,7 +40,7 @@ fn main() {
     let app: Arc<str> = "an-app-name".into();
     for id in &ids {
         let record = KeyRecord { app: Arc::clone(&app), ..KeyRecord::active("-") };
-        cache.remember_known(*id, Arc::new(Grant::new(record, rate, None)));
+        cache.remember_known(*id, Grant::for_record(&record, rate, None));
     }
     let known = resident_bytes() - before;
     println!(

@@ -44,8 +44,7 @@ impl ServeHttp for AuthApp {
         }
         let (response, outcome) = match &decision {
             Ok(grant) => {
-                let allowed =
-                    Response::builder().status(204).header("X-Keygate-App", grant.record.app.as_bytes());
+                let allowed = Response::builder().status(204).header("X-Keygate-App", grant.app.as_bytes());
                 (allowed.body(Vec::new()), Outcome::Forwarded)
             }
             Err(rejection) => (rejected(*rejection), rejection.outcome()),
@@ -66,7 +65,7 @@ impl ServeHttp for AuthApp {
                 path: original.as_ref().map_or(request.uri.path(), |uri| uri.path()),
                 status: response.status().as_u16(),
                 outcome,
-                app: decision.as_ref().ok().map(|g| &*g.record.app),
+                app: decision.as_ref().ok().map(|g| &*g.app),
                 upstream: None,
                 duration: elapsed,
             });

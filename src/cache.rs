@@ -24,12 +24,16 @@ const REFRESH_RETRY: Duration = Duration::from_secs(1);
 struct Known {
     grant: Arc<Grant>,
     /// When the store last confirmed the record.
-    verified: Instant,
+    verified: Stamp,
     /// No background refresh before this (set after a failed one).
-    retry_at: Instant,
+    retry_at: Stamp,
     /// The cache's epoch when verified; an older epoch means "check again".
     epoch: u64,
 }
+
+/// A moment as nanoseconds since the cache was made: 8 bytes where an `Instant` takes 16, in
+/// every cached entry.
+type Stamp = u64;
 
 /// The cache's answer for one key id.
 pub enum Cached {
@@ -45,7 +49,10 @@ pub enum Cached {
 
 pub struct KeyCache {
     known: Cache<KeyId, Known>,
-    unknown: Cache<KeyId, Instant>,
+    /// When each unknown key was found absent.
+    unknown: Cache<KeyId, Stamp>,
+    /// What stamps count from.
+    origin: Instant,
     /// The TTLs, in nanoseconds: atomics so a reload can change them under running requests.
     ttl: AtomicDuration,
     negative_ttl: AtomicDuration,
@@ -60,6 +67,7 @@ impl KeyCache {
         KeyCache {
             known: Cache::new(config.capacity),
             unknown: Cache::new(config.negative_capacity),
+            origin: Instant::now(),
             ttl: AtomicDuration::new(config.ttl),
             negative_ttl: AtomicDuration::new(config.negative_ttl),
             stale: AtomicDuration::new(config.stale),
@@ -68,9 +76,9 @@ impl KeyCache {
     }
 
     pub fn get(&self, id: &KeyId) -> Cached {
-        let now = Instant::now();
+        let now = self.now();
         if let Some(known) = self.known.get(id) {
-            let age = now.saturating_duration_since(known.verified);
+            let age = since(known.verified, now);
             let ttl = self.ttl.get();
             if age < ttl && known.epoch == self.epoch.load(Ordering::Relaxed) {
                 return Cached::Fresh(known.grant);
@@ -81,7 +89,7 @@ impl KeyCache {
             return Cached::Miss;
         }
         match self.unknown.get(id) {
-            Some(at) if now.saturating_duration_since(at) < self.negative_ttl.get() => Cached::Unknown,
+            Some(at) if since(at, now) < self.negative_ttl.get() => Cached::Unknown,
             _ => Cached::Miss,
         }
     }
@@ -93,7 +101,7 @@ impl KeyCache {
 
     /// Records that the store just confirmed `id`.
     pub fn remember_known(&self, id: KeyId, grant: Arc<Grant>) {
-        let now = Instant::now();
+        let now = self.now();
         let (verified, epoch) = (now, self.epoch.load(Ordering::Relaxed));
         self.unknown.remove(&id);
         self.known.insert(id, Known { grant, verified, retry_at: now, epoch });
@@ -102,7 +110,7 @@ impl KeyCache {
     /// Records that the store just said `id` has no record.
     pub fn remember_unknown(&self, id: KeyId) {
         self.known.remove(&id);
-        self.unknown.insert(id, Instant::now());
+        self.unknown.insert(id, self.now());
     }
 
     /// After a failed refresh of `grant`: keep serving it, try again in a second. Only the
@@ -110,7 +118,7 @@ impl KeyCache {
     /// meanwhile is never undone.
     pub fn postpone_refresh(&self, id: &KeyId, grant: &Arc<Grant>) {
         if let Some(mut known) = self.known.peek(id).filter(|k| Arc::ptr_eq(&k.grant, grant)) {
-            known.retry_at = Instant::now() + REFRESH_RETRY;
+            known.retry_at = self.now() + REFRESH_RETRY.as_nanos() as Stamp;
             let _ = self.known.replace(*id, known, true);
         }
     }
@@ -147,6 +155,10 @@ impl KeyCache {
         self.stale.set(config.stale);
     }
 
+    fn now(&self) -> Stamp {
+        Instant::now().saturating_duration_since(self.origin).as_nanos() as Stamp
+    }
+
     pub fn known_len(&self) -> usize {
         self.known.len()
     }
@@ -154,6 +166,11 @@ impl KeyCache {
     pub fn unknown_len(&self) -> usize {
         self.unknown.len()
     }
+}
+
+/// The time from `earlier` to `later`, none if `later` is not after it.
+fn since(earlier: Stamp, later: Stamp) -> Duration {
+    Duration::from_nanos(later.saturating_sub(earlier))
 }
 
 /// A duration that can be read and replaced without a lock.

@@ -55,7 +55,7 @@ pub async fn decide(gateway: &Gateway, request: &RequestFacts<'_>) -> Result<Arc
         }
     };
     match verdict {
-        Verdict::Known(grant) if !grant.record.is_enabled() => Err(Rejection::DisabledKey),
+        Verdict::Known(grant) if !grant.is_enabled() => Err(Rejection::DisabledKey),
         Verdict::Known(grant) => {
             grant.limiter.check().map_err(Rejection::RateLimited)?;
             Ok(grant)

@@ -5,15 +5,18 @@
 //! client address for requests without a usable key, charged before any store lookup.
 
 use crate::config::Rate;
+use crate::store::record::unix_now;
 use crate::store::KeyRecord;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// A refusal by a limiter: what the 429's `Retry-After` and `RateLimit-*` headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,43 +42,78 @@ fn quota(rate: Rate) -> Quota {
     Quota::with_period(period).expect("period is never zero").allow_burst(burst)
 }
 
+/// The time the per-key limiters read: nanoseconds since the process's first reading. A unit
+/// type, so a cached key's limiter holds no clock of its own (governor's default clock, quanta's,
+/// is 40 bytes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessClock;
+
+impl Clock for ProcessClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        Nanos::from(ORIGIN.get_or_init(Instant::now).elapsed())
+    }
+}
+
 /// One key's limiter and the rate it was built for.
 pub struct KeyLimiter {
     rate: Rate,
-    limiter: DefaultDirectRateLimiter,
+    limiter: RateLimiter<NotKeyed, InMemoryState, ProcessClock, NoOpMiddleware<Nanos>>,
 }
 
 impl KeyLimiter {
     pub fn new(rate: Rate) -> Self {
-        KeyLimiter { rate, limiter: DefaultDirectRateLimiter::direct(quota(rate)) }
+        KeyLimiter { rate, limiter: RateLimiter::direct_with_clock(quota(rate), ProcessClock) }
     }
 
     pub fn check(&self) -> Result<(), Limited> {
         self.limiter
             .check()
-            .map_err(|until| Limited::after(until.wait_time_from(DefaultClock::default().now()), self.rate))
+            .map_err(|until| Limited::after(until.wait_time_from(ProcessClock.now()), self.rate))
     }
 }
 
-/// A known key: its record and its limiter, shared by every request that uses it.
+/// A known key as requests see it: its app, until when it may be used, and its limiter. Shared
+/// by every request that uses the key, and one allocation per cached key.
 pub struct Grant {
-    pub record: KeyRecord,
-    pub limiter: Arc<KeyLimiter>,
+    /// The tenant, sent upstream as `X-Keygate-App`.
+    pub app: Arc<str>,
+    /// The unix second from which the key is refused: 0 when its status is not active,
+    /// `u64::MAX` when it never expires.
+    usable_until: u64,
+    pub limiter: KeyLimiter,
 }
 
 impl Grant {
-    /// Builds the grant for a freshly fetched record. The limiter of `previous` is kept when
-    /// the key's rate did not change, so a refresh never hands a key a fresh burst.
-    pub fn new(record: KeyRecord, default: Rate, previous: Option<&Grant>) -> Self {
+    /// The grant for a freshly fetched record: `previous` itself when the record brings nothing
+    /// new, so a refresh never hands a key a fresh burst. A changed record starts a new limiter.
+    pub fn for_record(record: &KeyRecord, default: Rate, previous: Option<&Arc<Grant>>) -> Arc<Grant> {
         let rate = Rate {
             per_second: record.rate.unwrap_or(default.per_second),
             burst: record.burst.unwrap_or(default.burst),
         };
-        let limiter = match previous {
-            Some(p) if p.limiter.rate == rate => p.limiter.clone(),
-            _ => Arc::new(KeyLimiter::new(rate)),
+        let usable_until = match record.status.is_active() {
+            true => record.expires.unwrap_or(u64::MAX),
+            false => 0,
         };
-        Grant { record, limiter }
+        match previous {
+            Some(p) if p.app == record.app && p.usable_until == usable_until && p.limiter.rate == rate => {
+                Arc::clone(p)
+            }
+            _ => {
+                Arc::new(Grant { app: Arc::clone(&record.app), usable_until, limiter: KeyLimiter::new(rate) })
+            }
+        }
+    }
+
+    /// Whether the key may be used now: active and not expired.
+    pub fn is_enabled(&self) -> bool {
+        match self.usable_until {
+            u64::MAX => true,
+            until => unix_now() < until,
+        }
     }
 }
 
@@ -142,17 +180,27 @@ mod tests {
     }
 
     #[test]
-    fn a_refresh_keeps_the_limiter_unless_the_rate_changed() {
+    fn a_refresh_keeps_the_grant_and_its_limiter_unless_the_record_changed() {
         let default = Rate { per_second: 1.0, burst: 1 };
-        let first = Grant::new(KeyRecord::active("a"), default, None);
+        let first = Grant::for_record(&KeyRecord::active("a"), default, None);
         assert!(first.limiter.check().is_ok());
-        let same = Grant::new(KeyRecord::active("a"), default, Some(&first));
-        assert!(Arc::ptr_eq(&first.limiter, &same.limiter));
+        let same = Grant::for_record(&KeyRecord::active("a"), default, Some(&first));
+        assert!(Arc::ptr_eq(&first, &same));
         assert!(same.limiter.check().is_err());
         let record = KeyRecord { burst: Some(5), ..KeyRecord::active("a") };
-        let changed = Grant::new(record, default, Some(&same));
-        assert!(!Arc::ptr_eq(&same.limiter, &changed.limiter));
+        let changed = Grant::for_record(&record, default, Some(&same));
+        assert!(!Arc::ptr_eq(&same, &changed));
         assert!(changed.limiter.check().is_ok());
+    }
+
+    #[test]
+    fn a_grant_is_enabled_while_active_and_unexpired() {
+        let default = Rate { per_second: 1.0, burst: 1 };
+        let grant = |record: KeyRecord| Grant::for_record(&record, default, None).is_enabled();
+        assert!(grant(KeyRecord::active("a")));
+        assert!(grant(KeyRecord { expires: Some(unix_now() + 60), ..KeyRecord::active("a") }));
+        assert!(!grant(KeyRecord { expires: Some(unix_now() - 1), ..KeyRecord::active("a") }));
+        assert!(!grant(KeyRecord { status: "revoked".into(), ..KeyRecord::active("a") }));
     }
 
     #[test]

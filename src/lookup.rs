@@ -223,7 +223,7 @@ impl KeyLookup {
                 record.app = self.apps.lock().unwrap_or_else(|e| e.into_inner()).intern(&record.app);
                 let previous = self.cache.grant_of(&id);
                 let default_rate = *self.default_rate.read().unwrap_or_else(|e| e.into_inner());
-                let grant = Arc::new(Grant::new(record, default_rate, previous.as_deref()));
+                let grant = Grant::for_record(&record, default_rate, previous.as_ref());
                 self.cache.remember_known(id, Arc::clone(&grant));
                 Verdict::Known(grant)
             }

@@ -125,7 +125,7 @@ impl ProxyHttp for KeyGateProxy {
         }
         if let Some(grant) = &ctx.grant {
             // From bytes: an app may be UTF-8, which a header carries as opaque octets.
-            let app = http::HeaderValue::from_bytes(grant.record.app.as_bytes())
+            let app = http::HeaderValue::from_bytes(grant.app.as_bytes())
                 .map_err(|_| Error::explain(ErrorType::InternalError, "app is not a header value"))?;
             upstream.insert_header("X-Keygate-App", app)?;
         }
@@ -167,7 +167,7 @@ impl ProxyHttp for KeyGateProxy {
                 path: request.uri.path(),
                 status: session.response_written().map_or(0, |r| r.status.as_u16()),
                 outcome,
-                app: ctx.grant.as_ref().map(|g| &*g.record.app),
+                app: ctx.grant.as_ref().map(|g| &*g.app),
                 upstream: ctx.tried.last().copied(),
                 duration: elapsed,
             });

@@ -53,7 +53,7 @@ proptest! {
                 stale: Duration::from_secs(STALE),
             });
             let id = |k: u8| ApiKey::from_cli(&format!("key-{k}")).id();
-            let grant = || Arc::new(Grant::new(KeyRecord::active("a"), Rate { per_second: 1.0, burst: 1 }, None));
+            let grant = || Grant::for_record(&KeyRecord::active("a"), Rate { per_second: 1.0, burst: 1 }, None);
             let mut model: HashMap<u8, Model> = HashMap::new();
             for op in ops {
                 match op {

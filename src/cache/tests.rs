@@ -18,7 +18,7 @@ fn id(n: usize) -> KeyId {
 }
 
 fn grant() -> Arc<Grant> {
-    Arc::new(Grant::new(KeyRecord::active("app"), Rate { per_second: 1.0, burst: 1 }, None))
+    Grant::for_record(&KeyRecord::active("app"), Rate { per_second: 1.0, burst: 1 }, None)
 }
 
 fn kind(c: &Cached) -> &'static str {
@@ -123,13 +123,14 @@ async fn known_keys_and_their_limiters_are_bounded_by_capacity() {
     let limiters: Vec<_> = (0..1000)
         .map(|n| {
             let g = grant();
-            let weak = Arc::downgrade(&g.limiter);
+            let weak = Arc::downgrade(&g);
             c.remember_known(id(n), g);
             weak
         })
         .collect();
     assert!(c.known_len() <= 100, "{} known entries", c.known_len());
-    // An evicted key's limiter state goes with its entry: limiter memory follows capacity.
+    // An evicted key's grant, limiter state included, goes with its entry: limiter memory
+    // follows capacity.
     let alive = limiters.iter().filter(|l| l.upgrade().is_some()).count();
     assert!(alive <= 100, "{alive} limiters alive for 100 entries");
 }

@@ -97,11 +97,6 @@ impl KeyRecord {
     pub fn is_enabled_at(&self, now: u64) -> bool {
         self.status.is_active() && self.expires.is_none_or(|at| now < at)
     }
-
-    /// [`Self::is_enabled_at`] for the current wall-clock time.
-    pub fn is_enabled(&self) -> bool {
-        self.is_enabled_at(unix_now())
-    }
 }
 
 /// A record's status. Almost every key is active, so that case holds no string at all: one
