@@ -113,14 +113,24 @@ impl KeyCache {
         self.unknown.insert(id, self.now());
     }
 
+    /// Claims the refresh of a stale `grant` for the caller: true at most once a second per
+    /// entry, so a busy stale key starts one refresh, not one per request.
+    pub fn claim_refresh(&self, id: &KeyId, grant: &Arc<Grant>) -> bool {
+        let now = self.now();
+        let due = self.known.peek(id).is_some_and(|k| Arc::ptr_eq(&k.grant, grant) && now >= k.retry_at);
+        due && self.postpone_refresh(id, grant)
+    }
+
     /// After a failed refresh of `grant`: keep serving it, try again in a second. Only the
     /// same entry is touched, and only if it is still there: an announcement that forgot it
     /// meanwhile is never undone.
-    pub fn postpone_refresh(&self, id: &KeyId, grant: &Arc<Grant>) {
-        if let Some(mut known) = self.known.peek(id).filter(|k| Arc::ptr_eq(&k.grant, grant)) {
-            known.retry_at = self.now() + REFRESH_RETRY.as_nanos() as Stamp;
-            let _ = self.known.replace(*id, known, true);
-        }
+    /// Returns whether the entry was there to postpone.
+    pub fn postpone_refresh(&self, id: &KeyId, grant: &Arc<Grant>) -> bool {
+        let Some(mut known) = self.known.peek(id).filter(|k| Arc::ptr_eq(&k.grant, grant)) else {
+            return false;
+        };
+        known.retry_at = self.now() + REFRESH_RETRY.as_nanos() as Stamp;
+        self.known.replace(*id, known, true).is_ok()
     }
 
     /// An announcement for `id`: forget it, known or unknown.

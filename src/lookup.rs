@@ -146,7 +146,7 @@ impl KeyLookup {
             }
             Cached::Stale { grant, refresh } => {
                 self.metrics.cache_lookup(CacheResult::StaleHit);
-                if refresh {
+                if refresh && self.cache.claim_refresh(id, &grant) {
                     self.refresh_in_background(*id, Arc::clone(&grant));
                 }
                 Some(Verdict::Known(grant))

@@ -4,6 +4,9 @@ use clap::Parser;
 
 /// mimalloc instead of the system allocator: Pingora's proxy path allocates per request, and
 /// glibc's malloc showed up in profiles (see the README's performance section for the gain).
+/// Without the `mimalloc` feature, the system allocator, which heap profilers such as heaptrack
+/// can follow.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -129,6 +129,28 @@ async fn a_known_key_is_served_stale_while_the_store_is_down() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_busy_stale_key_starts_one_refresh_not_one_per_request() {
+    let store = Arc::new(MemoryStore::default());
+    store.insert(id("k"), KeyRecord::active("a"));
+    let l = lookup(store.clone(), 8);
+    assert!(is_known(&l.fetch(id("k")).await));
+    store.set_failing(true);
+    tokio::time::advance(Duration::from_secs(301)).await;
+    // All before any refresh has run (one thread): each could have started its own.
+    for _ in 0..50 {
+        assert!(matches!(l.cached(&id("k")), Some(Verdict::Known(_))));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(store.fetch_count(), 2, "one fetch, then one refresh");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for _ in 0..50 {
+        l.cached(&id("k"));
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(store.fetch_count(), 3, "a second later, one more");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_announcement_during_a_query_keeps_its_answer_out_of_the_negative_cache() {
     let store = Arc::new(MemoryStore::default());
     store.set_delay(Duration::from_millis(20));
