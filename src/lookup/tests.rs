@@ -110,14 +110,20 @@ async fn lookups_beyond_the_bound_are_shed() {
     assert_eq!((shed, store.fetch_count()), (4, 2));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_known_key_is_served_stale_while_the_store_is_down() {
+/// Key `k` looked up once, then past its TTL with the store failing.
+async fn stale_key_k_with_the_store_down() -> (Arc<MemoryStore>, Arc<KeyLookup>) {
     let store = Arc::new(MemoryStore::default());
     store.insert(id("k"), KeyRecord::active("a"));
     let l = lookup(store.clone(), 8);
     assert!(is_known(&l.fetch(id("k")).await));
     store.set_failing(true);
     tokio::time::advance(Duration::from_secs(301)).await;
+    (store, l)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_known_key_is_served_stale_while_the_store_is_down() {
+    let (store, l) = stale_key_k_with_the_store_down().await;
     for _ in 0..20 {
         assert!(matches!(l.cached(&id("k")), Some(Verdict::Known(_))));
         tokio::task::yield_now().await;
@@ -130,12 +136,7 @@ async fn a_known_key_is_served_stale_while_the_store_is_down() {
 
 #[tokio::test(start_paused = true)]
 async fn a_busy_stale_key_starts_one_refresh_not_one_per_request() {
-    let store = Arc::new(MemoryStore::default());
-    store.insert(id("k"), KeyRecord::active("a"));
-    let l = lookup(store.clone(), 8);
-    assert!(is_known(&l.fetch(id("k")).await));
-    store.set_failing(true);
-    tokio::time::advance(Duration::from_secs(301)).await;
+    let (store, l) = stale_key_k_with_the_store_down().await;
     // All before any refresh has run (one thread): each could have started its own.
     for _ in 0..50 {
         assert!(matches!(l.cached(&id("k")), Some(Verdict::Known(_))));
