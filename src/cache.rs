@@ -10,7 +10,7 @@
 
 use crate::key::KeyId;
 use crate::limit::Grant;
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,21 +116,30 @@ impl KeyCache {
     /// Claims the refresh of a stale `grant` for the caller: true at most once a second per
     /// entry, so a busy stale key starts one refresh, not one per request.
     pub fn claim_refresh(&self, id: &KeyId, grant: &Arc<Grant>) -> bool {
-        let now = self.now();
-        let due = self.known.peek(id).is_some_and(|k| Arc::ptr_eq(&k.grant, grant) && now >= k.retry_at);
-        due && self.postpone_refresh(id, grant)
+        self.push_back_refresh(id, grant, true)
     }
 
     /// After a failed refresh of `grant`: keep serving it, try again in a second. Only the
     /// same entry is touched, and only if it is still there: an announcement that forgot it
     /// meanwhile is never undone.
-    /// Returns whether the entry was there to postpone.
-    pub fn postpone_refresh(&self, id: &KeyId, grant: &Arc<Grant>) -> bool {
-        let Some(mut known) = self.known.peek(id).filter(|k| Arc::ptr_eq(&k.grant, grant)) else {
-            return false;
-        };
-        known.retry_at = self.now() + REFRESH_RETRY.as_nanos() as Stamp;
-        self.known.replace(*id, known, true).is_ok()
+    pub fn postpone_refresh(&self, id: &KeyId, grant: &Arc<Grant>) {
+        self.push_back_refresh(id, grant, false);
+    }
+
+    /// Moves the entry's next refresh a second on, if it still holds `grant` (and, with
+    /// `only_if_due`, its refresh is due). In place under the shard's lock: a confirmation that
+    /// lands meanwhile is never overwritten by an older copy of the entry.
+    fn push_back_refresh(&self, id: &KeyId, grant: &Arc<Grant>, only_if_due: bool) -> bool {
+        let now = self.now();
+        let pushed = self.known.entry(id, Some(Duration::ZERO), |_, known| {
+            let due = !only_if_due || now >= known.retry_at;
+            let ours = Arc::ptr_eq(&known.grant, grant) && due;
+            if ours {
+                known.retry_at = now + REFRESH_RETRY.as_nanos() as Stamp;
+            }
+            EntryAction::Retain(ours)
+        });
+        matches!(pushed, EntryResult::Retained(true))
     }
 
     /// An announcement for `id`: forget it, known or unknown.

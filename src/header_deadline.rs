@@ -16,8 +16,10 @@
 //! when none come within `header_timeout`: one timer per connection, none per request). When a
 //! stop or upgrade begins, Pingora drops every connection still waiting for its request; a
 //! connection accepted a moment before, whose request was on its way, would be closed
-//! unanswered. Waiting for the first bytes here, where no stop interrupts, closes that window:
-//! the request is already readable when Pingora starts to read it.
+//! unanswered. Waiting for the first bytes here, where no stop interrupts, closes that window
+//! for a request whose headers arrive in one piece (as clients and nginx send them): they are
+//! already readable when Pingora starts to read. Headers trickling in over several segments
+//! can still be cut by a stop.
 
 use async_trait::async_trait;
 use memchr::memmem;
@@ -27,7 +29,7 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use std::time::Instant;
@@ -93,12 +95,13 @@ impl DeadlineStream {
 /// the proxy's CPU when it went byte by byte.
 fn headers_end_in(tail: &mut [u8; 3], bytes: &[u8]) -> bool {
     const END: &[u8] = b"\r\n\r\n";
+    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(END));
     // An end split across reads lies within the tail and the first three new bytes.
     let head = bytes.len().min(3);
     let mut joint = [0u8; 6];
     joint[..3].copy_from_slice(tail);
     joint[3..3 + head].copy_from_slice(&bytes[..head]);
-    if memmem::find(&joint[..3 + head], END).is_some() || memmem::find(bytes, END).is_some() {
+    if FINDER.find(&joint[..3 + head]).is_some() || FINDER.find(bytes).is_some() {
         return true;
     }
     tail.copy_from_slice(&joint[head..head + 3]);

@@ -24,7 +24,7 @@ use crate::metrics::Outcome;
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::{Error, ErrorSource, ErrorType};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,6 +110,19 @@ impl ProxyHttp for KeyGateProxy {
             e.set_retry(true);
         }
         e
+    }
+
+    /// A request that began before the hand-over of an upgrade closes its connection too.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _upstream: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if self.gateway.is_draining() {
+            session.set_keepalive(None);
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

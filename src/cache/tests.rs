@@ -134,3 +134,33 @@ async fn known_keys_and_their_limiters_are_bounded_by_capacity() {
     let alive = limiters.iter().filter(|l| l.upgrade().is_some()).count();
     assert!(alive <= 100, "{alive} limiters alive for 100 entries");
 }
+
+#[test]
+fn claiming_a_refresh_never_undoes_a_confirmation_that_lands_meanwhile() {
+    let c = Arc::new(cache(10, 10));
+    let g = grant();
+    c.remember_known(id(1), Arc::clone(&g));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let claimer = {
+        let (c, g, done) = (Arc::clone(&c), Arc::clone(&g), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Cached::Stale { refresh: true, .. } = c.get(&id(1)) {
+                    c.claim_refresh(&id(1), &g);
+                }
+            }
+        })
+    };
+    // Each round makes the entry stale (a new epoch), then confirms it: right after, it must
+    // be fresh, whatever the claimer did in between.
+    let undone = (0..100_000)
+        .filter(|_| {
+            c.reconfirm_known();
+            c.remember_known(id(1), Arc::clone(&g));
+            kind(&c.get(&id(1))) != "fresh"
+        })
+        .count();
+    done.store(true, Ordering::Relaxed);
+    claimer.join().unwrap();
+    assert_eq!(undone, 0, "confirmations undone by a concurrent claim");
+}
