@@ -104,10 +104,11 @@ fn headers_end_in(tail: &mut [u8; 3], bytes: &[u8]) -> bool {
     if FINDER.find(&joint[..3 + head]).is_some() || FINDER.find(bytes).is_some() {
         return true;
     }
-    tail.copy_from_slice(&joint[head..head + 3]);
-    if bytes.len() >= 3 {
-        tail.copy_from_slice(&bytes[bytes.len() - 3..]);
-    }
+    let last_three = match bytes.len() {
+        0..3 => &joint[head..head + 3],
+        n => &bytes[n - 3..],
+    };
+    tail.copy_from_slice(last_three);
     false
 }
 

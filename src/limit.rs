@@ -80,8 +80,7 @@ impl KeyLimiter {
 pub struct Grant {
     /// The tenant, sent upstream as `X-Keygate-App`.
     pub app: Arc<str>,
-    /// The unix second from which the key is refused: 0 when its status is not active,
-    /// `u64::MAX` when it never expires.
+    /// See [`KeyRecord::usable_until`].
     usable_until: u64,
     pub limiter: KeyLimiter,
 }
@@ -94,10 +93,7 @@ impl Grant {
             per_second: record.rate.unwrap_or(default.per_second),
             burst: record.burst.unwrap_or(default.burst),
         };
-        let usable_until = match record.status.is_active() {
-            true => record.expires.unwrap_or(u64::MAX),
-            false => 0,
-        };
+        let usable_until = record.usable_until();
         match previous {
             Some(p) if p.app == record.app && p.usable_until == usable_until && p.limiter.rate == rate => {
                 Arc::clone(p)

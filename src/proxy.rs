@@ -64,9 +64,6 @@ impl ProxyHttp for KeyGateProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if self.gateway.is_draining() {
-            session.set_keepalive(None);
-        }
         let request = session.req_header();
         let facts =
             RequestFacts { headers: &request.headers, query: request.uri.query(), peer: peer_ip(session) };
@@ -77,6 +74,11 @@ impl ProxyHttp for KeyGateProxy {
             }
             Err(rejection) => {
                 ctx.rejected = Some(rejection);
+                // An upgrade's hand-over closes the connection after this answer (a forwarded
+                // request's is closed in `response_filter`).
+                if self.gateway.is_draining() {
+                    session.set_keepalive(None);
+                }
                 answer::reject(session, rejection).await?;
                 Ok(true)
             }
@@ -112,7 +114,7 @@ impl ProxyHttp for KeyGateProxy {
         e
     }
 
-    /// A request that began before the hand-over of an upgrade closes its connection too.
+    /// Once an upgrade's hand-over has begun, a forwarded response closes its connection.
     async fn response_filter(
         &self,
         session: &mut Session,

@@ -3,18 +3,23 @@
 mod common;
 
 use common::http::{self, Connection};
-use common::{Redis, Setup, Upstream};
+use common::{Gateway, Redis, Setup, Upstream};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A gateway on Redis that knows `key` (app `acme`), with 3 s for a stop's in-flight work.
+fn stopping_slowly(key: &str) -> (Redis, Upstream, Gateway) {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key(key, &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).grace_period_s(3).start();
+    (redis, upstream, gateway)
+}
+
 #[test]
 fn sigterm_lets_a_slow_upload_in_flight_finish_then_exits() {
-    let (redis, upstream) = (Redis::start(), Upstream::start());
-    redis.put_key("upload-key", &[("app", "acme")]);
-    let mut gateway = Setup::redis(&redis, &upstream).start();
-    gateway.reload(|yaml| yaml.replace("grace_period_s: 1", "grace_period_s: 3"));
+    let (_redis, upstream, mut gateway) = stopping_slowly("upload-key");
 
     let mut upload = Connection::open(gateway.addr).unwrap();
     let body = vec![b'x'; 30_000];
@@ -45,10 +50,7 @@ fn sigterm_lets_a_slow_upload_in_flight_finish_then_exits() {
 
 #[test]
 fn a_connection_accepted_before_a_stop_is_answered_when_its_request_comes_after() {
-    let (redis, upstream) = (Redis::start(), Upstream::start());
-    redis.put_key("late-key", &[("app", "acme")]);
-    let mut gateway = Setup::redis(&redis, &upstream).start();
-    gateway.reload(|yaml| yaml.replace("grace_period_s: 1", "grace_period_s: 3"));
+    let (_redis, upstream, mut gateway) = stopping_slowly("late-key");
     // Accepted, and silent when the stop begins: the request that was on its way arrives after.
     let mut early = Connection::open(gateway.addr).unwrap();
     std::thread::sleep(Duration::from_millis(200));

@@ -95,7 +95,16 @@ impl KeyRecord {
 
     /// Whether the key may be used at `now` (unix seconds): active and not expired.
     pub fn is_enabled_at(&self, now: u64) -> bool {
-        self.status.is_active() && self.expires.is_none_or(|at| now < at)
+        now < self.usable_until()
+    }
+
+    /// The unix second from which the key is refused: 0 when its status is not active,
+    /// `u64::MAX` when it never expires.
+    pub fn usable_until(&self) -> u64 {
+        match self.status.is_active() {
+            true => self.expires.unwrap_or(u64::MAX),
+            false => 0,
+        }
     }
 }
 

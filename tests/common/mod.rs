@@ -216,6 +216,8 @@ pub struct Setup {
     pub generous_limits: bool,
     /// Listeners beside the TCP one the harness picks.
     pub listeners: Vec<String>,
+    /// `grace_period_s`, which only a restart changes.
+    pub grace_period_s: u64,
 }
 
 impl Setup {
@@ -226,6 +228,7 @@ impl Setup {
             extra: String::new(),
             generous_limits: true,
             listeners: Vec::new(),
+            grace_period_s: 1,
         }
     }
 
@@ -237,11 +240,17 @@ impl Setup {
             extra: String::new(),
             generous_limits: true,
             listeners: Vec::new(),
+            grace_period_s: 1,
         }
     }
 
     pub fn listen(mut self, listener: &str) -> Setup {
         self.listeners.push(listener.to_string());
+        self
+    }
+
+    pub fn grace_period_s(mut self, seconds: u64) -> Setup {
+        self.grace_period_s = seconds;
         self
     }
 
@@ -277,8 +286,9 @@ impl Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut yaml = format!(
-            "listen: {:?}\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: 1\npid_file: keygate.pid\nupgrade_sock: upgrade.sock\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: 200}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
+            "listen: {:?}\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: {}\npid_file: keygate.pid\nupgrade_sock: upgrade.sock\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: 200}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
             std::iter::once(addr.to_string()).chain(setup.listeners.iter().cloned()).collect::<Vec<_>>(),
+            setup.grace_period_s,
             setup.peers,
             setup.store
         );
