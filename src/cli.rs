@@ -1,8 +1,9 @@
 //! The command line (the contract's): run, check a config, upgrade a running instance, or
 //! manage keys.
 
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::keys::{self, KeyCommand};
+use crate::store::file::read_keys;
 use crate::store::KeyRecord;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -90,6 +91,13 @@ pub fn run(args: Args) -> i32 {
         };
     }
     if args.test {
+        // The key file is part of what a start would read: a broken one fails the check too.
+        if let StoreBackend::File(keys) = &config.store.backend {
+            if let Err(problems) = read_keys(keys) {
+                eprintln!("store.file: {problems}");
+                return 1;
+            }
+        }
         eprintln!("{}: ok", path.display());
         return 0;
     }

@@ -25,12 +25,12 @@ pub struct RequestFacts<'a> {
 /// The grant to forward the request under, or why not.
 pub async fn decide(gateway: &Gateway, request: &RequestFacts<'_>) -> Result<Arc<Grant>, Rejection> {
     let settings = gateway.settings.load();
-    // Requests without a usable key are charged to their client's address.
-    let charge = || {
+    let client = || {
         let peer = request.peer.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let client = settings.client_address.resolve(peer, request.headers);
-        settings.ip_limiter.check(limit_key(client)).map_err(Rejection::RateLimited)
+        limit_key(settings.client_address.resolve(peer, request.headers))
     };
+    // Requests without a usable key are charged to their client's address.
+    let charge = || settings.ip_limiter.check(client()).map_err(Rejection::RateLimited);
     let id = match settings.api_key.extract(request.headers, request.query) {
         Extracted::Key(key) => key.id(),
         Extracted::Missing => return Err(charge().err().unwrap_or(Rejection::MissingKey)),
@@ -39,15 +39,19 @@ pub async fn decide(gateway: &Gateway, request: &RequestFacts<'_>) -> Result<Arc
     let lookup = &gateway.lookup;
     let (verdict, charged) = match lookup.cached(&id) {
         Some(verdict) => (verdict, false),
+        None if lookup.filter_excludes(&id) => (Verdict::Unknown, false),
         None => {
-            // While the filter cannot answer, every uncached key costs a store read: charge
-            // it first, so junk costs its sender, not Redis. While it can, junk never reaches
-            // the store, and only a key found unknown is charged (below): valid keys never are.
+            // A store read follows. While the filter cannot answer, any key may be junk: it is
+            // charged first, so junk costs its sender, not Redis. While it can, the key is most
+            // likely valid and is not charged (only a key found unknown is, below), but an
+            // address already refused stays refused: the filter's rare false positives cannot
+            // work the store for it either.
             let charged = !lookup.filter_answers();
-            if charged {
-                charge()?;
+            match charged {
+                true => charge()?,
+                false => settings.ip_limiter.refusing(client()).map_err(Rejection::RateLimited)?,
             }
-            let verdict = lookup.resolve(id).await.map_err(|e| match e {
+            let verdict = lookup.fetch(id).await.map_err(|e| match e {
                 LookupError::Unavailable => Rejection::StoreUnavailable,
                 LookupError::Overloaded => Rejection::Overloaded,
             })?;

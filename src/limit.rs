@@ -7,7 +7,7 @@
 use crate::config::Rate;
 use crate::store::record::unix_now;
 use crate::store::KeyRecord;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
@@ -113,11 +113,18 @@ impl Grant {
     }
 }
 
+/// Addresses whose refusals are remembered at once; past it the oldest are forgotten, which
+/// only lets a forgotten address's rare filter false positives reach the store again.
+const REFUSALS_HELD: usize = 65_536;
+
 /// The per-address limit on requests that carry no usable key. The clock is a parameter so
 /// tests can move time by hand.
 pub struct IpLimiter<C: Clock = DefaultClock> {
     limiter: RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<C::Instant>>,
     rate: Rate,
+    /// Until when each recently refused address stays refused: read by [`IpLimiter::refusing`],
+    /// which must not spend the address's budget.
+    refused_until: quick_cache::sync::Cache<IpAddr, C::Instant>,
 }
 
 impl IpLimiter {
@@ -128,13 +135,30 @@ impl IpLimiter {
 
 impl<C: Clock> IpLimiter<C> {
     pub fn with_clock(rate: Rate, clock: C) -> Self {
-        IpLimiter { limiter: RateLimiter::dashmap_with_clock(quota(rate), clock), rate }
+        IpLimiter {
+            limiter: RateLimiter::dashmap_with_clock(quota(rate), clock),
+            rate,
+            refused_until: quick_cache::sync::Cache::new(REFUSALS_HELD),
+        }
     }
 
+    /// Charges one request to `client`.
     pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
-        self.limiter
-            .check_key(&client)
-            .map_err(|until| Limited::after(until.wait_time_from(self.limiter.clock().now()), self.rate))
+        self.limiter.check_key(&client).map_err(|until| {
+            let earliest = until.earliest_possible();
+            self.refused_until.insert(client, earliest);
+            Limited::after(until.wait_time_from(self.limiter.clock().now()), self.rate)
+        })
+    }
+
+    /// Whether `client` was refused and is still over its limit, without charging it.
+    pub fn refusing(&self, client: IpAddr) -> Result<(), Limited> {
+        let Some(until) = self.refused_until.get(&client) else { return Ok(()) };
+        let now = self.limiter.clock().now();
+        match until > now {
+            true => Err(Limited::after(Duration::from(until.duration_since(now)), self.rate)),
+            false => Ok(()),
+        }
     }
 
     /// Forgets addresses whose state is back to a full burst (an idle address costs nothing to
@@ -207,6 +231,53 @@ mod tests {
         assert!(limiter.check(a).is_err());
         assert!(limiter.check(b).is_ok());
         assert_eq!(limiter.len(), 2);
+    }
+
+    #[test]
+    fn the_arithmetic_follows_the_clock() {
+        use governor::clock::FakeRelativeClock;
+        let clock = FakeRelativeClock::default();
+        let client: IpAddr = "10.0.0.1".parse().unwrap();
+        let limiter = IpLimiter::with_clock(Rate { per_second: 5.0, burst: 5 }, clock.clone());
+        for _ in 0..5 {
+            assert!(limiter.check(client).is_ok());
+        }
+        assert_eq!(limiter.check(client), Err(Limited { retry_after: 1, burst: 5 }));
+        // One emission interval (200 ms) later, exactly one more.
+        clock.advance(Duration::from_millis(200));
+        assert!(limiter.check(client).is_ok());
+        assert!(limiter.check(client).is_err());
+
+        let slow = IpLimiter::with_clock(Rate { per_second: 0.3, burst: 1 }, clock.clone());
+        assert!(slow.check(client).is_ok());
+        // 1 / 0.3 = 3.33 s to the next request: rounded up to whole seconds.
+        assert_eq!(slow.check(client).map_err(|l| l.retry_after), Err(4));
+        clock.advance(Duration::from_millis(1500));
+        assert_eq!(slow.check(client).map_err(|l| l.retry_after), Err(2));
+        clock.advance(Duration::from_millis(1900));
+        assert!(slow.check(client).is_ok());
+    }
+
+    #[test]
+    fn a_refused_address_is_refused_without_being_charged_until_it_recovers() {
+        use governor::clock::FakeRelativeClock;
+        let clock = FakeRelativeClock::default();
+        let limiter = IpLimiter::with_clock(Rate { per_second: 1.0, burst: 2 }, clock.clone());
+        let (client, other): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(limiter.refusing(client).is_ok());
+        assert!(limiter.check(client).is_ok() && limiter.check(client).is_ok());
+        // Spent but not yet refused: asking does not refuse, nor charge.
+        assert!(limiter.refusing(client).is_ok());
+        assert_eq!(limiter.check(client), Err(Limited { retry_after: 1, burst: 2 }));
+        for _ in 0..10 {
+            assert_eq!(limiter.refusing(client), Err(Limited { retry_after: 1, burst: 2 }));
+        }
+        assert!(limiter.refusing(other).is_ok());
+        clock.advance(Duration::from_millis(1000));
+        assert!(limiter.refusing(client).is_ok());
+        // Asking charged nothing: the one request the second brought is still there.
+        assert!(limiter.check(client).is_ok());
+        assert!(limiter.check(client).is_err());
     }
 
     #[test]

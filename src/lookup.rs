@@ -177,14 +177,14 @@ impl KeyLookup {
         self.store_answering.load(Ordering::Relaxed) && self.filter.is_trusted()
     }
 
-    /// The verdict for a key the cache does not hold: the filter's, if it can say "unknown",
-    /// else the store's.
-    pub async fn resolve(&self, id: KeyId) -> Result<Verdict, LookupError> {
-        if self.store_answering.load(Ordering::Relaxed) && self.filter.excludes(&id) {
+    /// Whether the filter says `id` is no key's, for a key the cache does not hold: then it is
+    /// unknown without a store read.
+    pub fn filter_excludes(&self, id: &KeyId) -> bool {
+        let excluded = self.store_answering.load(Ordering::Relaxed) && self.filter.excludes(id);
+        if excluded {
             self.metrics.filter_rejection();
-            return Ok(Verdict::Unknown);
         }
-        self.fetch(id).await
+        excluded
     }
 
     /// Asks the store, joining the query already in flight for `id` if there is one.

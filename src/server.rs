@@ -7,11 +7,13 @@ use crate::config::{Config, Listener};
 use crate::gateway::Gateway;
 use crate::header_deadline::WithHeaderDeadline;
 use crate::proxy::KeyGateProxy;
+use anyhow::Context;
 use pingora::prelude::*;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::RunArgs;
 use pingora::services::listening::Service;
+use std::path::{Path, PathBuf};
 
 /// Runs until SIGTERM (graceful: in-flight requests finish within the grace period), SIGINT
 /// (at once) or SIGQUIT (graceful upgrade). With `upgrade`, takes the listening sockets over
@@ -28,7 +30,9 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
     }
     let opt = Opt { upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Takes the listeners over from the running instance when upgrading.
     server.bootstrap();
+    let _pid_file = config.pid_file.as_deref().map(PidFile::write).transpose()?;
 
     let listen = config.listen.clone();
     let admin_listen = config.admin_listen.clone();
@@ -61,6 +65,33 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
     // The services are gone; the gateway is dropped here, on the main thread.
     drop(gateway);
     Ok(())
+}
+
+/// This process's pid in `pid_file`, where an operator finds the process to send SIGQUIT to in
+/// an upgrade (or SIGHUP, SIGTERM). Pingora writes the file only when it daemonizes; keygate
+/// runs in the foreground, so it writes the file itself once it holds the listeners. Removed at
+/// exit unless a successor has written its own pid there since.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &Path) -> anyhow::Result<Self> {
+        // Written whole, then renamed: a reader never sees a half-written pid.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("cannot write pid_file {}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours =
+            std::fs::read_to_string(&self.0).is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }
 
 fn add_listener<A>(service: &mut Service<A>, listener: &Listener) {

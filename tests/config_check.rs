@@ -46,3 +46,23 @@ fn a_missing_file_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+#[test]
+fn a_broken_key_file_fails_the_check_naming_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keygate.yaml");
+    std::fs::write(
+        &path,
+        "listen: [127.0.0.1:6188]\nupstream:\n  peers: [127.0.0.1:8080]\nstore:\n  file: keys.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("keys.yaml"), "keys:\n  - key: fine\n    app: a\n  - app: b\n").unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("store.file") && stderr.contains("keys[1]"), "{stderr}");
+    assert!(!stderr.contains("fine"), "the check printed a key: {stderr}");
+
+    std::fs::write(dir.path().join("keys.yaml"), "keys:\n  - key: fine\n    app: a\n").unwrap();
+    assert!(check(&path).status.success());
+}

@@ -32,6 +32,7 @@ fn sigterm_lets_a_slow_upload_in_flight_finish_then_exits() {
     stream.write_all(&body[..10_000]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
+    assert_eq!(gateway.pid_in_file(), Some(gateway.pid()), "the pid file does not name the process");
     gateway.signal("TERM");
     std::thread::sleep(Duration::from_millis(300));
     for chunk in body[10_000..].chunks(10_000) {
@@ -46,6 +47,7 @@ fn sigterm_lets_a_slow_upload_in_flight_finish_then_exits() {
     assert!(status.is_some_and(|s| s.success()), "exited with {status:?}");
     assert!(http::get(gateway.addr, "/").is_err(), "still accepting after the stop");
     assert!(!gateway.logs().contains("panicked"), "the stop panicked:\n{}", gateway.logs());
+    assert_eq!(gateway.pid_in_file(), None, "the pid file outlived the process");
 }
 
 #[test]

@@ -218,6 +218,9 @@ pub struct Setup {
     pub listeners: Vec<String>,
     /// `grace_period_s`, which only a restart changes.
     pub grace_period_s: u64,
+    /// `upstream.health_check.interval_ms`: short, so a test sees health change quickly; long,
+    /// so a peer that dies stays marked healthy (and only a retry saves its requests).
+    pub health_interval_ms: u64,
 }
 
 impl Setup {
@@ -229,6 +232,7 @@ impl Setup {
             generous_limits: true,
             listeners: Vec::new(),
             grace_period_s: 1,
+            health_interval_ms: 200,
         }
     }
 
@@ -241,11 +245,17 @@ impl Setup {
             generous_limits: true,
             listeners: Vec::new(),
             grace_period_s: 1,
+            health_interval_ms: 200,
         }
     }
 
     pub fn listen(mut self, listener: &str) -> Setup {
         self.listeners.push(listener.to_string());
+        self
+    }
+
+    pub fn health_interval_ms(mut self, ms: u64) -> Setup {
+        self.health_interval_ms = ms;
         self
     }
 
@@ -286,10 +296,11 @@ impl Gateway {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut yaml = format!(
-            "listen: {:?}\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: {}\npid_file: keygate.pid\nupgrade_sock: upgrade.sock\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: 200}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
+            "listen: {:?}\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: {}\npid_file: keygate.pid\nupgrade_sock: upgrade.sock\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: {}}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
             std::iter::once(addr.to_string()).chain(setup.listeners.iter().cloned()).collect::<Vec<_>>(),
             setup.grace_period_s,
             setup.peers,
+            setup.health_interval_ms,
             setup.store
         );
         if setup.generous_limits && !setup.extra.contains("rate_limit:") {
@@ -417,10 +428,20 @@ impl Gateway {
         let waiting = eventually(Duration::from_secs(10), || sock.exists());
         assert!(waiting.is_some(), "the new process never opened the upgrade socket:\n{}", self.logs());
         std::thread::sleep(Duration::from_millis(100));
-        self.signal("QUIT");
+        // As an operator would: the process to hand over is the one the pid file names.
+        assert_eq!(self.pid_in_file(), Some(self.pid()), "the pid file does not name the running process");
+        signal(self.pid_in_file().unwrap(), "QUIT");
         let mut old = std::mem::replace(&mut self.child, new);
         let gone = eventually(Duration::from_secs(15), || old.try_wait().ok().flatten().is_some());
         assert!(gone.is_some(), "the old process never exited:\n{}", self.logs());
+        let renamed = eventually(Duration::from_secs(5), || self.pid_in_file() == Some(self.pid()));
+        assert!(renamed.is_some(), "the pid file does not name the new process:\n{}", self.logs());
+    }
+
+    /// The pid in the configured `pid_file`, if the file is there.
+    pub fn pid_in_file(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("keygate.pid")).ok()?;
+        text.trim().parse().ok()
     }
 
     pub fn pid(&self) -> u32 {
