@@ -10,7 +10,7 @@ RUN cargo build --release --locked --bin keygate
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/keygate /usr/local/bin/keygate
-COPY conf/keygate.yaml /etc/keygate/keygate.yaml
+COPY conf/docker.yaml /etc/keygate/keygate.yaml
 USER nonroot:nonroot
 EXPOSE 6188 9188
 ENTRYPOINT ["/usr/local/bin/keygate"]

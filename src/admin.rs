@@ -34,7 +34,7 @@ impl Admin {
         let (keys, bytes, age) = gateway.lookup.filter.stats();
         metrics.filter_keys.set(keys as i64);
         metrics.filter_bytes.set(bytes as i64);
-        metrics.filter_age_seconds.set(age.unwrap_or(0.0));
+        metrics.filter_age_seconds.set(age);
         metrics.filter_trusted.set(gateway.lookup.filter.is_trusted() as i64);
         // Reset first, so a peer removed by a reload leaves no series behind.
         metrics.upstream_healthy.reset();

@@ -91,7 +91,7 @@ pub struct Metrics {
     filter_rejections: IntCounter,
     /// Brought up to the access log's own count at scrape time.
     pub access_log_skipped: IntCounter,
-    filter_rebuilds: IntCounterVec,
+    pub(crate) filter_rebuilds: IntCounterVec,
     /// Set at scrape time from the filter.
     pub filter_keys: IntGauge,
     pub filter_bytes: IntGauge,
@@ -154,13 +154,18 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
-        let filter_keys =
-            IntGauge::new("keygate_filter_keys", "Key ids in the membership filter.").expect("valid");
+        let filter_keys = IntGauge::new(
+            "keygate_filter_keys",
+            "Key ids put in the membership filter: by its last build, and announced since.",
+        )
+        .expect("valid");
         let filter_bytes =
             IntGauge::new("keygate_filter_bytes", "Memory of the membership filter's bits.").expect("valid");
-        let filter_age_seconds =
-            Gauge::new("keygate_filter_age_seconds", "Seconds since the filter was last built.")
-                .expect("valid");
+        let filter_age_seconds = Gauge::new(
+            "keygate_filter_age_seconds",
+            "Seconds since the membership filter was last built (since start, before the first build).",
+        )
+        .expect("valid");
         let filter_trusted = IntGauge::new(
             "keygate_filter_trusted",
             "1 while the filter may reject keys (built, no announcement missed since).",

@@ -131,9 +131,14 @@ fn a_graceful_upgrade_under_steady_load_fails_no_request() {
 fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
     let unit =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/keygate.service")).unwrap();
-    for hardening in
-        ["NoNewPrivileges=yes", "ProtectSystem=strict", "LimitNOFILE=", "ExecReload=", "Restart=on-failure"]
-    {
+    for hardening in [
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "LimitNOFILE=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+    ] {
         assert!(unit.contains(hardening), "the unit lacks {hardening}");
     }
     // verify checks that ExecStart exists: point it at the binary under test.

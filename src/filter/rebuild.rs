@@ -6,46 +6,70 @@
 use super::Bloom;
 use crate::lookup::KeyLookup;
 use crate::metrics::Metrics;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(30);
+/// The longest wait between attempts after failures (the backoff doubles up to it).
+const MAX_RETRY: Duration = Duration::from_secs(15);
+/// How long the first build waits for the announcement channel to come up: a build begun
+/// before it cannot be trusted, and would only be scanned again once it is up.
+const FIRST_BUILD_WAITS_FOR_CHANNEL: Duration = Duration::from_secs(2);
 
 /// Runs for ever.
 pub async fn maintain(lookup: Arc<KeyLookup>, metrics: Arc<Metrics>) {
+    let filter = &lookup.filter;
+    if !filter.is_listening() {
+        let _ = tokio::time::timeout(FIRST_BUILD_WAITS_FOR_CHANNEL, filter.rebuild_now.notified()).await;
+    }
     let mut retry = FIRST_RETRY;
+    let mut last_count = None;
     loop {
-        let wait = match rebuild(&lookup).await {
+        // A wake-up that came before this build begins is answered by it (tokio's timeout polls
+        // the wake-up once before its deadline); one that comes during the build starts another.
+        let _ = tokio::time::timeout(Duration::ZERO, filter.rebuild_now.notified()).await;
+        let wait = match rebuild(&lookup, last_count).await {
             Ok(count) => {
-                log::info!(
-                    "membership filter built: {count} key ids, trusted: {}",
-                    lookup.filter.is_trusted()
-                );
+                log::info!("membership filter built: {count} key ids, trusted: {}", filter.is_trusted());
                 metrics.filter_rebuild(true);
                 retry = FIRST_RETRY;
-                lookup.filter.config.rebuild_interval
+                last_count = Some(count);
+                spread(filter.config.rebuild_interval)
             }
             Err(e) => {
                 log::warn!("membership filter rebuild failed ({e}); rejecting nothing until one succeeds");
                 metrics.filter_rebuild(false);
+                let wait = retry;
                 retry = (retry * 2).min(MAX_RETRY);
-                retry / 2
+                wait
             }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = lookup.filter.rebuild_now.notified() => {}
+            _ = filter.rebuild_now.notified() => {}
         }
     }
 }
 
-async fn rebuild(lookup: &KeyLookup) -> Result<usize, crate::store::StoreError> {
+/// `interval` give or take a tenth, at random: gateways started together (a deploy, a store
+/// restart) do not go on scanning the store all at the same moment.
+fn spread(interval: Duration) -> Duration {
+    let unit = RandomState::new().hash_one(std::time::Instant::now()) as f64 / u64::MAX as f64;
+    interval.mul_f64(0.9 + 0.2 * unit)
+}
+
+/// Scans the store into a new filter, sized for the ids the last build found (the store's own
+/// count, which may include other data, only for the first).
+async fn rebuild(lookup: &KeyLookup, last_count: Option<usize>) -> Result<usize, crate::store::StoreError> {
     let filter = &lookup.filter;
     let ticket = filter.begin_rebuild();
     let scanned = async {
-        let hint = lookup.store().count_hint().await?;
-        let bloom = Bloom::new(hint, filter.config.bits_per_key);
+        let expected = match last_count {
+            Some(count) => count,
+            None => lookup.store().count_hint().await?,
+        };
+        let bloom = Bloom::new(expected, filter.config.bits_per_key);
         let (batch, pause) = (filter.config.scan_batch, filter.config.scan_pause);
         let count = lookup.store().scan_ids(batch, pause, &mut |id| bloom.insert(&id)).await?;
         Ok((bloom, count))
@@ -59,5 +83,82 @@ async fn rebuild(lookup: &KeyLookup) -> Result<usize, crate::store::StoreError> 
             filter.abandon_rebuild();
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::KeyCache;
+    use crate::config::{CacheConfig, Rate};
+    use crate::filter::{FilterConfig, KeyFilter};
+    use crate::key::{ApiKey, KeyId};
+    use crate::store::memory::MemoryStore;
+    use crate::store::KeyRecord;
+
+    fn id(n: usize) -> KeyId {
+        ApiKey::from_cli(&format!("key-{n}")).id()
+    }
+
+    fn rebuilds(metrics: &Metrics, result: &str) -> u64 {
+        metrics.filter_rebuilds.with_label_values(&[result]).get()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_rebuilds_reject_nothing_back_off_and_recover_and_the_interval_rebuilds() {
+        let store = Arc::new(MemoryStore::default());
+        (0..10).for_each(|n| store.insert(id(n), KeyRecord::active("a")));
+        let config = FilterConfig { rebuild_interval: Duration::from_secs(300), ..FilterConfig::default() };
+        let cache = KeyCache::new(&CacheConfig {
+            capacity: 100,
+            negative_capacity: 100,
+            ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(60),
+            stale: Duration::from_secs(3600),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let lookup = Arc::new(KeyLookup::new(
+            cache,
+            KeyFilter::new(config),
+            store.clone(),
+            Duration::from_millis(50),
+            8,
+            Rate { per_second: 1.0, burst: 1 },
+            Arc::clone(&metrics),
+        ));
+        lookup.announcements_resumed();
+        tokio::spawn(maintain(Arc::clone(&lookup), Arc::clone(&metrics)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(lookup.filter.excludes(&id(99)), "built and trusted");
+        assert_eq!(rebuilds(&metrics, "ok"), 1);
+
+        // The store fails when the interval comes round (270 to 330 s): from then on nothing
+        // is rejected, and the attempts back off: 1, 2, 4, 8, 15, 15 s apart.
+        store.set_failing(true);
+        tokio::time::sleep(Duration::from_secs(331)).await;
+        assert_eq!(rebuilds(&metrics, "ok"), 1);
+        let first_failures = rebuilds(&metrics, "error");
+        assert!(first_failures >= 1);
+        assert!(!lookup.filter.excludes(&id(99)), "a filter that failed to rebuild still rejects");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let failures = rebuilds(&metrics, "error") - first_failures;
+        assert!((4..=7).contains(&failures), "{failures} attempts in a minute: no backoff");
+
+        // Back: the next attempt, at most 15 s away, builds a trusted filter again, with a key
+        // added meanwhile.
+        store.insert(id(50), KeyRecord::active("a"));
+        store.set_failing(false);
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        assert_eq!(rebuilds(&metrics, "ok"), 2);
+        assert!(lookup.filter.excludes(&id(99)) && !lookup.filter.excludes(&id(50)));
+    }
+
+    #[test]
+    fn the_interval_is_spread_by_a_tenth_either_way() {
+        let interval = Duration::from_secs(300);
+        let waits: Vec<Duration> = (0..200).map(|_| spread(interval)).collect();
+        assert!(waits.iter().all(|w| (270.0..=330.0).contains(&w.as_secs_f64())));
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_secs(20), "not spread: {min:?}..{max:?}");
     }
 }
