@@ -1,9 +1,10 @@
 //! Stage 2a of the request path: what the cache says about a key id.
 //!
 //! Known and unknown keys are held in two separate bounded caches, so a flood of unknown keys
-//! can only evict other unknown keys, never a known one. A known entry is fresh for `ttl`, then
-//! served stale (and refreshed in the background) for up to `stale` more while the store cannot
-//! confirm it. An unknown entry lives for `negative_ttl`.
+//! can only evict other unknown keys, never a known one. A known entry is fresh for `ttl` (less
+//! up to a tenth, see [`KeyCache::ttl_of`]), then served stale (and refreshed in the background)
+//! for up to `stale` more while the store cannot confirm it. An unknown entry lives for
+//! `negative_ttl`.
 //!
 //! The hit path takes no lock of ours and allocates nothing: quick_cache's shard lookup and an
 //! `Arc` clone.
@@ -80,7 +81,7 @@ impl KeyCache {
         if let Some(known) = self.known.get(id) {
             let age = since(known.verified, now);
             let ttl = self.ttl.get();
-            if age < ttl && known.epoch == self.epoch.load(Ordering::Relaxed) {
+            if age < Self::ttl_of(id, ttl) && known.epoch == self.epoch.load(Ordering::Relaxed) {
                 return Cached::Fresh(known.grant);
             }
             if age < ttl + self.stale.get() {
@@ -92,6 +93,15 @@ impl KeyCache {
             Some(at) if since(at, now) < self.negative_ttl.get() => Cached::Unknown,
             _ => Cached::Miss,
         }
+    }
+
+    /// How long `id` stays fresh: `ttl` less up to a tenth, fixed per key id (its bytes are a
+    /// SHA-256, so the fraction is spread evenly). Keys confirmed together (after a reconnect,
+    /// or a restart) then come up for refresh spread over a tenth of `ttl`, not in one wave,
+    /// and stay spread: each key keeps its own period.
+    fn ttl_of(id: &KeyId, ttl: Duration) -> Duration {
+        let fraction = u32::from(id.as_bytes()[31]);
+        ttl - ttl * fraction / 2560
     }
 
     /// The grant cached for `id`, however old (its limiter carries over to a refreshed record).

@@ -38,7 +38,12 @@ fn random_key() -> String {
 fn thousands_of_random_unknown_keys_cost_under_one_percent_in_reads_and_valid_keys_flow() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     write_valid_keys(&redis);
-    let gateway = Setup::redis(&redis, &upstream).extra("trusted_proxies: [127.0.0.1/32]").start();
+    // A real per-IP limit, so that the filter (not a generous limit) must be what answers: each
+    // client address sends far fewer than its burst, and none is ever refused.
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra("rate_limit: {per_second: 100000, burst: 100000, unauthenticated_per_ip: {per_second: 10, burst: 20}}")
+        .extra("trusted_proxies: [127.0.0.1/32]")
+        .start();
     assert_eq!(gateway.metric("keygate_filter_keys"), VALID_KEYS as f64);
     redis.reset_stats();
 
@@ -57,8 +62,14 @@ fn thousands_of_random_unknown_keys_cost_under_one_percent_in_reads_and_valid_ke
             // A key created and announced in the middle of the flood is accepted within a second.
             redis.put_key("announced-during-flood", &[("app", "acme")]);
             redis.announce("announced-during-flood");
+            // Each try from an address of its own: a try before the announcement lands is an
+            // unknown key, charged to its sender.
+            let mut tries = 0;
             let accepted = eventually(Duration::from_secs(1), || {
-                gateway.with_key("announced-during-flood").status == 200
+                tries += 1;
+                let client = format!("192.0.2.{tries}");
+                let headers = [("X-ApiKey", "announced-during-flood"), ("X-Forwarded-For", client.as_str())];
+                gateway.get("/ingest", &headers).status == 200
             });
             assert!(accepted.is_some(), "the announced key was not accepted within a second");
         }
@@ -71,12 +82,14 @@ fn thousands_of_random_unknown_keys_cost_under_one_percent_in_reads_and_valid_ke
         "Redis served {reads} reads for {RANDOM_KEYS} random keys"
     );
     assert!(gateway.metric("keygate_filter_rejections_total") >= (RANDOM_KEYS as f64) * 0.99);
+    assert_eq!(gateway.metric(r#"keygate_requests_total{outcome="rate_limited"}"#), 0.0);
 
     for n in 0..VALID_KEYS {
         let response = connection.request("GET", "/ingest", &[("X-ApiKey", &valid_key(n))], b"").unwrap();
         assert_eq!(response.status, 200, "valid key {n} refused");
     }
     assert_eq!(upstream.count(), VALID_KEYS + 1);
+    assert_eq!(gateway.metric(r#"keygate_requests_total{outcome="rate_limited"}"#), 0.0);
 }
 
 #[test]
@@ -136,4 +149,59 @@ fn nothing_is_rejected_by_the_filter_until_it_is_built() {
     gateway.with_key("unknown-key").assert_rejected(403, "unknown_api_key");
     assert_eq!(gateway.metric("keygate_filter_rejections_total"), 0.0);
     assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="not_found"}"#), 1.0);
+}
+
+/// Sets the default user's pub/sub permissions: with `resetchannels` no client can subscribe
+/// (or stay subscribed) to the announcement channel, so the gateway cannot resubscribe.
+fn channels(redis: &Redis, permission: &str) {
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg(permission)
+        .query(&mut redis.connection())
+        .unwrap();
+}
+
+#[test]
+fn while_announcements_cannot_arrive_the_filter_steps_aside_and_an_unannounced_key_is_served_at_once() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    write_valid_keys(&redis);
+    let gateway = Setup::redis(&redis, &upstream).start();
+
+    channels(&redis, "resetchannels");
+    let _: u64 =
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut redis.connection()).unwrap();
+    let untrusted = eventually(Duration::from_secs(5), || gateway.metric("keygate_filter_trusted") == 0.0);
+    assert!(untrusted.is_some(), "the filter stayed trusted with the subscription cut");
+    // And it stays cut: the gateway tried to subscribe again and was refused.
+    let refused =
+        eventually(Duration::from_secs(5), || gateway.logs().contains("cannot subscribe to invalidations"));
+    assert!(refused.is_some(), "the gateway never tried to subscribe again:\n{}", gateway.logs());
+
+    // A key written with no announcement, which the filter has never heard of: its very first
+    // request is served, because the filter no longer answers "unknown".
+    redis.put_key("unannounced-key", &[("app", "acme")]);
+    redis.put_key("unannounced-later", &[("app", "acme")]);
+    assert_eq!(gateway.with_key("unannounced-key").text(), r#"{"app":"acme","bytes":0}"#);
+    // A random unknown key costs a store read, not a filter rejection.
+    let (reads, rejections) = (redis.reads(), gateway.metric("keygate_filter_rejections_total"));
+    gateway.with_key(&random_key()).assert_rejected(403, "unknown_api_key");
+    assert_eq!(redis.reads(), reads + 1, "the random key was not looked up in the store");
+    assert_eq!(gateway.metric("keygate_filter_rejections_total"), rejections);
+    assert_eq!(gateway.metric("keygate_filter_trusted"), 0.0, "the gateway subscribed again");
+
+    channels(&redis, "allchannels");
+    let trusted = eventually(Duration::from_secs(10), || gateway.metric("keygate_filter_trusted") == 1.0);
+    assert!(trusted.is_some(), "the filter never became trusted again:\n{}", gateway.logs());
+    assert_eq!(gateway.with_key("unannounced-key").status, 200);
+    // Trusted again means rebuilt since the subscription came back: it holds every key written
+    // meanwhile, announced or not, and a random key no longer reaches the store.
+    assert_eq!(gateway.with_key("unannounced-later").status, 200);
+    // (Counted by the gateway, not by Redis: the known key above is being confirmed again in
+    // the background after the resubscription, a read that may land at any moment.)
+    let not_found = r#"keygate_store_queries_total{result="not_found"}"#;
+    let (asked, rejections) = (gateway.metric(not_found), gateway.metric("keygate_filter_rejections_total"));
+    gateway.with_key(&random_key()).assert_rejected(403, "unknown_api_key");
+    assert_eq!(gateway.metric("keygate_filter_rejections_total"), rejections + 1.0);
+    assert_eq!(gateway.metric(not_found), asked, "the random key was looked up in the store");
 }

@@ -185,3 +185,125 @@ fn the_shipped_alerts_and_dashboard_name_only_metrics_keygate_exports() {
     }
     assert!(named >= 10, "only {named} metric names found");
 }
+
+#[test]
+fn a_reload_switches_the_key_sources_at_once() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("source-key", &[("app", "acme")]);
+    let gateway =
+        Setup::redis(&redis, &upstream).extra("api_key:\n  sources:\n    - header: X-ApiKey").start();
+    assert_eq!(gateway.get("/ingest", &[("X-ApiKey", "source-key")]).status, 200);
+    gateway.get("/ingest", &[("X-Token", "source-key")]).assert_rejected(401, "missing_api_key");
+
+    gateway.reload(|yaml| yaml.replace("- header: X-ApiKey", "- header: X-Token"));
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    gateway.get("/ingest", &[("X-ApiKey", "source-key")]).assert_rejected(401, "missing_api_key");
+    let forwarded = gateway.get("/ingest", &[("X-Token", "source-key")]);
+    assert_eq!(forwarded.text(), r#"{"app":"acme","bytes":0}"#);
+    gateway.assert_no_key_in_logs(&["source-key"]);
+}
+
+#[test]
+fn a_shorter_negative_ttl_on_reload_applies_to_keys_already_cached_as_unknown() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    // Without the filter an unknown key is cached as unknown after one store read, and only
+    // the negative TTL (or an announcement) makes the gateway ask again.
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra("cache: {negative_ttl_s: 600}\nfilter: {enabled: false}")
+        .start();
+    gateway.with_key("late-key").assert_rejected(403, "unknown_api_key");
+    // Written without an announcement: the negative entry stands for its 600 s.
+    redis.put_key("late-key", &[("app", "acme")]);
+    redis.reset_stats();
+    gateway.with_key("late-key").assert_rejected(403, "unknown_api_key");
+    assert_eq!(redis.reads(), 0, "an unknown key within its negative TTL was asked about again");
+
+    gateway.reload(|yaml| yaml.replace("negative_ttl_s: 600", "negative_ttl_s: 1"));
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    let served = eventually(Duration::from_secs(5), || gateway.with_key("late-key").status == 200);
+    assert!(served.is_some(), "the entry cached as unknown kept its 600 s TTL after the reload");
+}
+
+#[test]
+fn the_per_ip_limiter_keeps_its_state_across_a_reload_that_leaves_its_rate_alone() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    // One request every ten seconds after the burst: nothing refills during the test's reload.
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra("rate_limit:\n  per_second: 1000\n  burst: 1000\n  unauthenticated_per_ip: {per_second: 0.1, burst: 3}")
+        .extra("cache: {ttl_s: 300}")
+        .start();
+    for _ in 0..3 {
+        gateway.get("/ingest", &[]).assert_rejected(401, "missing_api_key");
+    }
+    gateway.get("/ingest", &[]).assert_rejected(429, "rate_limited");
+
+    gateway.reload(|yaml| yaml.replace("ttl_s: 300", "ttl_s: 200"));
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    let limited = gateway.get("/ingest", &[]);
+    limited.assert_rejected(429, "rate_limited");
+    assert_eq!(limited.header("ratelimit-limit"), Some("3"));
+
+    // A new per-IP limit, by contrast, applies at once.
+    gateway.reload(|yaml| yaml.replace("{per_second: 0.1, burst: 3}", "{per_second: 0.1, burst: 50}"));
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 2.0);
+    gateway.get("/ingest", &[]).assert_rejected(401, "missing_api_key");
+}
+
+#[test]
+fn a_peer_that_stays_across_a_reload_keeps_its_health_and_gets_no_traffic() {
+    let (redis, live, added) = (Redis::start(), Upstream::start(), Upstream::start());
+    redis.put_key("health-key", &[("app", "acme")]);
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let mut setup = Setup::redis(&redis, &live).health_interval_ms(600_000);
+    setup.peers = vec![dead.clone(), live.addr.to_string()];
+    let gateway = setup.start();
+    let dead_series = format!("keygate_upstream_healthy{{peer=\"{dead}\"}}");
+    // The first check runs at start; the next one is ten minutes away.
+    let marked = eventually(Duration::from_secs(5), || gateway.metric(&dead_series) == 0.0);
+    assert!(marked.is_some(), "the dead peer was never marked unhealthy:\n{}", gateway.metrics());
+
+    // From now on the dead peer's port answers: a request sent there is seen (and never
+    // answered), and a health check would pass. Only the health state kept from the first
+    // check keeps traffic away from it.
+    let watcher = std::net::TcpListener::bind(&dead).unwrap();
+    watcher.set_nonblocking(true).unwrap();
+    let (old_peers, new_peers) = (
+        format!("peers: [\"{dead}\", \"{}\"]", live.addr),
+        format!("peers: [\"{dead}\", \"{}\", \"{}\"]", live.addr, added.addr),
+    );
+    gateway.reload(|yaml| {
+        assert!(yaml.contains(&old_peers), "{yaml}");
+        yaml.replace(&old_peers, &new_peers)
+    });
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    assert_eq!(gateway.metric(&dead_series), 0.0, "the reload forgot the dead peer's health");
+    assert_eq!(gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{}\"}}", added.addr)), 1.0);
+
+    for n in 0..30 {
+        assert_eq!(gateway.with_key("health-key").status, 200, "request {n}");
+    }
+    assert!(watcher.accept().is_err(), "a request went to the peer marked unhealthy");
+    assert_eq!(live.count() + added.count(), 30);
+    assert!(added.count() > 0, "the added peer got no traffic");
+}
+
+#[test]
+fn a_changed_listener_on_reload_is_warned_about_and_the_old_one_keeps_serving() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("listen-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    let elsewhere = format!("127.0.0.1:{}", common::free_port());
+    let old = format!("listen: [\"{}\"]", gateway.addr);
+    gateway.reload(|yaml| {
+        assert!(yaml.contains(&old), "{yaml}");
+        yaml.replace(&old, &format!("listen: [\"{elsewhere}\"]"))
+    });
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    let logs = gateway.logs();
+    assert!(
+        logs.contains("reload: `listen` cannot change while running"),
+        "no warning about the listener:\n{logs}"
+    );
+    assert_eq!(gateway.with_key("listen-key").status, 200, "the old listener stopped serving");
+    assert!(std::net::TcpStream::connect(&elsewhere).is_err(), "a new listener was opened");
+}

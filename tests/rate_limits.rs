@@ -33,10 +33,12 @@ fn a_key_gets_its_burst_then_429_and_recovers_after_its_window() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("busy-key", &[("app", "acme")]);
     redis.put_key("quiet-key", &[("app", "acme")]);
-    redis.put_key("own-limit-key", &[("app", "acme"), ("rate", "5"), ("burst", "12")]);
+    // Its own rate and burst, both unlike the default's.
+    redis.put_key("own-limit-key", &[("app", "acme"), ("rate", "2"), ("burst", "12")]);
     let gateway = Setup::redis(&redis, &upstream)
         .extra(&limits("per_second: 5\n  burst: 5", "{per_second: 1000, burst: 1000}"))
         .start();
+    let mut limited_seen = 0;
 
     let answers: Vec<Response> = (0..40).map(|_| gateway.with_key("busy-key")).collect();
     let passed = answers.iter().filter(|r| r.status == 200).count();
@@ -44,18 +46,57 @@ fn a_key_gets_its_burst_then_429_and_recovers_after_its_window() {
     for limited in answers.iter().filter(|r| r.status != 200) {
         assert_limited(limited);
         assert_eq!(limited.header("ratelimit-limit"), Some("5"));
+        limited_seen += 1;
     }
     assert_eq!(gateway.with_key("quiet-key").status, 200, "another key is unaffected");
 
-    let own = (0..40).filter(|_| gateway.with_key("own-limit-key").status == 200).count();
-    assert!((12..=15).contains(&own), "the record's burst of 12 let {own} through");
+    let own: Vec<Response> = (0..40).map(|_| gateway.with_key("own-limit-key")).collect();
+    let passed = own.iter().filter(|r| r.status == 200).count();
+    assert!((12..=15).contains(&passed), "the record's burst of 12 let {passed} through");
+    for limited in own.iter().filter(|r| r.status != 200) {
+        assert_limited(limited);
+        assert_eq!(limited.header("ratelimit-limit"), Some("12"), "the record's own burst");
+        limited_seen += 1;
+    }
 
-    let recovered = eventually(Duration::from_secs(3), || gateway.with_key("busy-key").status == 200);
-    assert!(recovered.is_some(), "the limited key never recovered");
-    let counted = eventually(Duration::from_secs(2), || {
-        gateway.metric(r#"keygate_requests_total{outcome="rate_limited"}"#) >= 50.0
+    let recovered = eventually(Duration::from_secs(3), || match gateway.with_key("busy-key").status {
+        429 => {
+            limited_seen += 1;
+            false
+        }
+        status => status == 200,
     });
-    assert!(counted.is_some(), "rate-limited requests are counted");
+    assert!(recovered.is_some(), "the limited key never recovered");
+    assert!(limited_seen >= 50);
+    let series = r#"keygate_requests_total{outcome="rate_limited"}"#;
+    assert_eq!(gateway.settled_metric(series, limited_seen as f64), limited_seen as f64);
+}
+
+#[test]
+fn malformed_keys_from_one_address_get_401_up_to_the_burst_then_429_each_counted() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra(&limits("per_second: 1000\n  burst: 1000", "{per_second: 0.1, burst: 8}"))
+        .extra("trusted_proxies: [127.0.0.1/32]")
+        .start();
+    redis.reset_stats();
+    let too_long = "k".repeat(129);
+    let answers: Vec<Response> = (0..30).map(|_| from(&gateway, "203.0.113.50", Some(&too_long))).collect();
+    // The first 8 use up the burst; the next token is ten seconds away.
+    let malformed = answers.iter().take_while(|r| r.status == 401).count();
+    assert_eq!(malformed, 8, "answered 401 before the first 429");
+    answers[..malformed].iter().for_each(|r| r.assert_rejected(401, "malformed_api_key"));
+    let limited = answers.iter().filter(|r| r.status == 429).count();
+    answers[malformed..].iter().for_each(assert_limited);
+    assert_eq!(answers[malformed].header("ratelimit-limit"), Some("8"));
+    assert_eq!(redis.reads(), 0, "a malformed key cost a store read");
+
+    // A 128-character key is not malformed: it is looked up (and unknown), from another address.
+    from(&gateway, "203.0.113.51", Some(&"k".repeat(128))).assert_rejected(403, "unknown_api_key");
+    let series = |outcome: &str| format!("keygate_requests_total{{outcome=\"{outcome}\"}}");
+    assert_eq!(gateway.settled_metric(&series("rate_limited"), limited as f64), limited as f64);
+    assert_eq!(gateway.settled_metric(&series("malformed_key"), malformed as f64), malformed as f64);
+    gateway.assert_no_key_in_logs(&[&too_long]);
 }
 
 #[test]
@@ -126,4 +167,45 @@ fn without_the_filter_junk_is_charged_before_the_store_is_asked() {
     answers.iter().filter(|r| r.status != 403).for_each(assert_limited);
     assert_eq!(redis.reads(), 10, "Redis was asked past the sender's burst");
     assert_eq!(from(&gateway, "203.0.113.8", Some("valid-key")).status, 200);
+}
+
+#[test]
+fn while_the_filter_answers_an_address_over_its_limit_gets_no_store_read_even_for_its_false_positives() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let mut pipe = redis::pipe();
+    for n in 0..2000 {
+        let id = keygate::key::ApiKey::from_cli(&format!("stored-key-{n}")).id();
+        pipe.cmd("HSET").arg(format!("keygate:key:{id}")).arg("app").arg("acme").ignore();
+    }
+    let _: () = pipe.query(&mut redis.connection()).unwrap();
+    // A filter of 4 bits per key lets a good share of junk through, as if it were a valid key.
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra(&limits("per_second: 1000\n  burst: 1000", "{per_second: 0.1, burst: 10}"))
+        .extra("trusted_proxies: [127.0.0.1/32]\nfilter: {bits_per_key: 4}")
+        .start();
+    redis.reset_stats();
+
+    let (mut unknown, mut limited) = (0, 0);
+    for n in 0..400 {
+        let response = from(&gateway, "198.51.100.7", Some(&format!("junk-key-{n}")));
+        match response.status {
+            403 => unknown += 1,
+            _ => {
+                assert_limited(&response);
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!(unknown, 10, "the address's burst");
+    assert_eq!(limited, 390);
+    let filtered = gateway.metric("keygate_filter_rejections_total");
+    let passed_the_filter = 400.0 - filtered;
+    assert!(passed_the_filter >= 40.0, "only {passed_the_filter} false positives: the test shows nothing");
+    // Only false positives within the burst were read; the refused address got none after it.
+    let reads = redis.reads();
+    assert!(reads <= 10, "{reads} store reads for an address over its limit");
+    // A valid key from another address is untouched, and from this one it waits like junk
+    // would (429, which clients retry), until the address recovers.
+    assert_eq!(from(&gateway, "198.51.100.8", Some("stored-key-1")).status, 200);
+    assert_limited(&from(&gateway, "198.51.100.7", Some("stored-key-2")));
 }

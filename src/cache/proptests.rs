@@ -81,7 +81,11 @@ proptest! {
                         Cached::Miss => "miss",
                     };
                     let expected = match model.get(&k) {
-                        Some(Model::Known(age, true)) if *age < TTL => "fresh",
+                        Some(Model::Known(age, true))
+                            if Duration::from_secs(*age) < KeyCache::ttl_of(&id(k), Duration::from_secs(TTL)) =>
+                        {
+                            "fresh"
+                        }
                         Some(Model::Known(age, _)) if *age < TTL + STALE => "stale",
                         Some(Model::Unknown(age)) if *age < NEGATIVE_TTL => "unknown",
                         _ => "miss",

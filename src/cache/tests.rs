@@ -164,3 +164,19 @@ fn claiming_a_refresh_never_undoes_a_confirmation_that_lands_meanwhile() {
     claimer.join().unwrap();
     assert_eq!(undone, 0, "confirmations undone by a concurrent claim");
 }
+
+#[tokio::test(start_paused = true)]
+async fn keys_confirmed_together_come_up_for_refresh_spread_over_a_tenth_of_the_ttl() {
+    let c = cache(10_000, 10);
+    (0..1000).for_each(|n| c.remember_known(id(n), grant()));
+    let fresh = |c: &KeyCache| (0..1000).filter(|n| kind(&c.get(&id(*n))) == "fresh").count();
+    // ttl 300 s: all fresh until 270 s, all stale from 300 s, and in between a share that
+    // falls evenly (about half at 285 s).
+    tokio::time::advance(Duration::from_millis(269_900)).await;
+    assert_eq!(fresh(&c), 1000);
+    tokio::time::advance(Duration::from_millis(15_100)).await;
+    let halfway = fresh(&c);
+    assert!((400..=600).contains(&halfway), "{halfway} of 1000 still fresh at 285 s");
+    tokio::time::advance(Duration::from_secs(15)).await;
+    assert_eq!(fresh(&c), 0);
+}
