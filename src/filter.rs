@@ -228,11 +228,14 @@ impl KeyFilter {
         for id in pending.take().unwrap_or_default() {
             bloom.insert(&id);
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(bloom));
+        let old = self.current.write().unwrap_or_else(|e| e.into_inner()).replace(Arc::new(bloom));
         *self.built_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let channel = self.lock_channel();
         let unbroken = ticket.listening && ticket.epoch == channel.epoch;
         self.trusted.store(unbroken, Ordering::Release);
+        drop((channel, pending));
+        // Freed after the locks (megabytes at millions of keys): announcements wait for none of it.
+        drop(old);
     }
 
     /// A rebuild failed: the old filter may be missing keys written since.
