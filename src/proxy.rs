@@ -107,6 +107,9 @@ impl ProxyHttp for KeyGateProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(addr) = ctx.tried.last() {
+            self.gateway.upstreams.connect_failed(*addr);
+        }
         // Nothing was sent on a failed connect, so any request may go to the next peer.
         if ctx.tried.len() < self.gateway.upstreams.peer_count() {
             e.set_retry(true);

@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The configured peers, replaceable at runtime.
 #[derive(Default)]
@@ -36,9 +36,15 @@ impl ServiceDiscovery for PeerDiscovery {
     }
 }
 
+/// How long a peer whose connect just failed is passed over: a peer that died between two
+/// health checks then costs one failed connect a second, not one per request.
+const PASS_OVER: Duration = Duration::from_secs(1);
+
 pub struct Upstreams {
     balancer: Arc<LoadBalancer<RoundRobin>>,
     peers: Arc<PeerSet>,
+    /// Peers whose connect failed lately, and until when they are passed over.
+    passed_over: RwLock<Vec<(SocketAddr, Instant)>>,
     connect_timeout_ms: AtomicU64,
     read_timeout_ms: AtomicU64,
 }
@@ -70,6 +76,7 @@ impl Upstreams {
         let upstreams = Upstreams {
             balancer: service.task(),
             peers,
+            passed_over: RwLock::new(Vec::new()),
             connect_timeout_ms: AtomicU64::new(config.connect_timeout.as_millis() as u64),
             read_timeout_ms: AtomicU64::new(config.read_timeout.as_millis() as u64),
         };
@@ -88,16 +95,36 @@ impl Upstreams {
     }
 
     /// A healthy peer this request has not failed on yet.
+    /// Peers passed over lately are picked only when no other healthy one is left.
     pub fn pick(&self, tried: &[SocketAddr]) -> Option<Box<HttpPeer>> {
+        let untried = |backend: &Backend, healthy: bool| healthy && !tried.contains(&socket_addr(backend));
+        let passed_over = self.passed_over.read().unwrap_or_else(|e| e.into_inner());
+        // No clock read while no peer is passed over (the usual case).
+        let now = (!passed_over.is_empty()).then(Instant::now);
+        let in_favour = |addr: SocketAddr| {
+            now.is_none_or(|now| !passed_over.iter().any(|&(a, until)| a == addr && until > now))
+        };
         let backend = self
             .balancer
-            .select_with(b"", 256, |backend, healthy| healthy && !tried.contains(&socket_addr(backend)))?;
+            .select_with(b"", 256, |backend, healthy| {
+                untried(backend, healthy) && in_favour(socket_addr(backend))
+            })
+            .or_else(|| self.balancer.select_with(b"", 256, untried))?;
         let connect = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
         let mut peer = HttpPeer::new(socket_addr(&backend), false, String::new());
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect);
         peer.options.read_timeout = Some(Duration::from_millis(self.read_timeout_ms.load(Ordering::Relaxed)));
         Some(Box::new(peer))
+    }
+
+    /// A connect to `peer` failed: pass it over for a second (the health check, which may run
+    /// much less often, decides beyond that).
+    pub fn connect_failed(&self, peer: SocketAddr) {
+        let now = Instant::now();
+        let mut passed_over = self.passed_over.write().unwrap_or_else(|e| e.into_inner());
+        passed_over.retain(|&(addr, until)| addr != peer && until > now);
+        passed_over.push((peer, now + PASS_OVER));
     }
 
     /// How many peers are configured (the most a request can try).

@@ -141,24 +141,46 @@ fn store_lookups_over_max_inflight_are_503_overloaded() {
     setup.store = format!("  redis:\n    url: {}\n    timeout_ms: 1000\n    max_inflight: 2\n", redis.url());
     let gateway = setup.start();
     redis.freeze();
-    let started = std::time::Instant::now();
-    let answers: Vec<_> = (0..24)
-        .map(|n| {
-            let addr = gateway.addr;
-            std::thread::spawn(move || {
-                http::request(addr, "GET", "/ingest", &[("X-ApiKey", &format!("distinct-{n}"))], b"").unwrap()
-            })
+    let send = |n: usize| {
+        let addr = gateway.addr;
+        std::thread::spawn(move || {
+            http::request(addr, "GET", "/ingest", &[("X-ApiKey", &format!("distinct-{n}"))], b"").unwrap()
         })
-        .collect();
-    let answers: Vec<_> = answers.into_iter().map(|a| a.join().unwrap()).collect();
+    };
+    let started = std::time::Instant::now();
+    // Two lookups take both permits and hang on the frozen store; only then come the others,
+    // so which requests are shed is not left to the scheduler.
+    let first: Vec<_> = (0..2).map(send).collect();
+    let holding = common::eventually(Duration::from_millis(1500), || {
+        gateway.metric("keygate_store_lookups_in_flight") == 2.0
+    });
+    assert!(holding.is_some(), "two lookups never were in flight at once");
+    let rest: Vec<_> = (2..24).map(send).collect();
+    let rest: Vec<_> = rest.into_iter().map(|a| a.join().unwrap()).collect();
+    let first: Vec<_> = first.into_iter().map(|a| a.join().unwrap()).collect();
+    let took = started.elapsed();
     redis.thaw();
-    let overloaded = answers.iter().filter(|r| r.text().contains("overloaded")).count();
-    for r in &answers {
-        assert_eq!(r.status, 503);
-        assert!(r.retry_after() >= 1);
+    for r in &first {
+        r.assert_rejected(503, "key_store_unavailable");
+        assert_eq!(r.retry_after(), 1);
     }
-    assert!(overloaded >= 20, "only {overloaded} of 24 were shed");
-    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
+    for r in &rest {
+        r.assert_rejected(503, "overloaded");
+        assert_eq!(r.retry_after(), 1);
+    }
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="overloaded"}"#, 22.0), 22.0);
+    assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="store_unavailable"}"#, 2.0), 2.0);
+    // Redis's own response timeout (1 s here) and `timeout_ms` race: either way, two failed queries.
+    let failed = gateway.metric(r#"keygate_store_queries_total{result="timeout"}"#)
+        + gateway.metric(r#"keygate_store_queries_total{result="error"}"#);
+    assert_eq!(failed, 2.0, "store queries that failed");
+    assert_eq!(
+        gateway.metric(r#"keygate_cache_entries{kind="negative"}"#),
+        0.0,
+        "a shed lookup became an unknown"
+    );
+    assert_eq!(upstream.count(), 0);
 }
 
 #[test]
@@ -182,15 +204,47 @@ fn no_reachable_upstream_is_502() {
 fn a_connect_failure_is_retried_on_another_peer() {
     let redis = Redis::start();
     redis.put_key("valid-key", &[("app", "acme")]);
-    let upstream = Upstream::start();
-    let mut setup = Setup::redis(&redis, &upstream);
-    setup.peers = vec![format!("127.0.0.1:{}", common::free_port()), upstream.addr.to_string()];
+    let (doomed, survivor) = (Upstream::start(), Upstream::start());
+    let mut setup = Setup::redis(&redis, &survivor).health_interval_ms(60_000);
+    setup.peers = vec![doomed.addr.to_string(), survivor.addr.to_string()];
     let gateway = setup.start();
-    // Before the health check marks the dead peer, round robin sends half the requests there.
-    for _ in 0..6 {
-        assert_eq!(gateway.with_key("valid-key").status, 200);
+    let healthy =
+        |peer: std::net::SocketAddr| gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{peer}\"}}"));
+    let both = common::eventually(Duration::from_secs(5), || {
+        healthy(doomed.addr) == 1.0 && healthy(survivor.addr) == 1.0
+    });
+    assert!(both.is_some(), "both peers never showed healthy");
+
+    // The peer dies between two health checks (a minute apart): the balancer still believes
+    // it healthy, so round robin picks it, and only the retry on a connect failure
+    // (proxy.rs fail_to_connect) turns that into a 200.
+    doomed.kill();
+    let refused =
+        common::eventually(Duration::from_secs(5), || std::net::TcpStream::connect(doomed.addr).is_err());
+    assert!(refused.is_some(), "the killed upstream still accepts connections");
+    assert_eq!(
+        healthy(doomed.addr),
+        1.0,
+        "the dead peer must still be marked healthy, or no retry is tested"
+    );
+    for n in 0..6 {
+        let response = gateway.with_key("valid-key");
+        assert_eq!(response.status, 200, "request {n}: {}", response.text());
     }
-    assert_eq!(upstream.count(), 6);
+    assert_eq!(survivor.count(), 6);
+    assert_eq!(doomed.count(), 0);
+    assert_eq!(healthy(doomed.addr), 1.0, "no health check ran meanwhile");
+    // Proof the retry path ran: Pingora warns of each failed try it retries.
+    let retried = gateway
+        .logs()
+        .lines()
+        .filter(|l| l.contains(&doomed.addr.to_string()) && l.contains("retry: true"))
+        .count();
+    assert!(retried >= 1, "no request was sent to the dead peer first:\n{}", gateway.logs());
+    // After its first failed connect the dead peer is passed over (for a second), so round
+    // robin does not send every other request to it first.
+    assert!(retried <= 2, "{retried} requests tried the dead peer first");
+    assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="forwarded"}"#, 6.0), 6.0);
 }
 
 #[test]
@@ -221,6 +275,101 @@ fn a_rejection_keeps_the_connection_open_after_reading_the_body() {
     );
     connection.send_raw(head.as_bytes()).unwrap().assert_rejected(403, "unknown_api_key");
     assert!(connection.is_closed());
+}
+
+#[test]
+fn a_rejected_body_that_never_comes_is_waited_for_only_up_to_the_drain_bound() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream).start();
+    for (key, status, code) in [(None, 401, "missing_api_key"), (Some("unknown-key"), 403, "unknown_api_key")]
+    {
+        let mut connection = Connection::open(gateway.addr).unwrap();
+        let key_header = key.map_or(String::new(), |k| format!("X-ApiKey: {k}\r\n"));
+        // 100 bytes declared, well under the drain's size bound, and none of them ever sent.
+        let head = format!("POST /ingest HTTP/1.1\r\nHost: t\r\n{key_header}Content-Length: 100\r\n\r\n");
+        let started = std::time::Instant::now();
+        let response = connection.send_raw(head.as_bytes()).unwrap();
+        let took = started.elapsed();
+        response.assert_rejected(status, code);
+        // It waited for the body (src/answer.rs: 1 s), then gave up on it rather than hang.
+        assert!(took >= Duration::from_millis(900), "answered after {took:?}, without waiting for the body");
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+        let closed = common::eventually(Duration::from_secs(5), || connection.is_closed());
+        assert!(closed.is_some(), "the connection stayed open with its body unread");
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
+#[test]
+fn a_request_body_is_streamed_to_the_upstream_not_buffered() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let redis = Redis::start();
+    redis.put_key("valid-key", &[("app", "acme")]);
+    // A raw upstream that keeps every byte of each request as it arrives, and answers once the
+    // declared body is in.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = listener.local_addr().unwrap();
+    let arrived = Arc::new(Mutex::new(Vec::<u8>::new()));
+    {
+        let arrived = Arc::clone(&arrived);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let arrived = Arc::clone(&arrived);
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        seen.extend_from_slice(&buf[..n]);
+                        arrived.lock().unwrap().extend_from_slice(&buf[..n]);
+                        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if seen.len() >= end + 4 + length {
+                            let reply = format!(r#"{{"bytes":{length}}}"#);
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                                reply.len()
+                            );
+                            let _ = stream.write_all(answer.as_bytes());
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let mut setup = Setup::redis(&redis, &Upstream::start());
+    setup.peers = vec![peer.to_string()];
+    let gateway = setup.start();
+
+    let mut connection = Connection::open(gateway.addr).unwrap();
+    let head = "POST /ingest HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nContent-Length: 20\r\n\r\n";
+    connection.stream().write_all(head.as_bytes()).unwrap();
+    connection.stream().write_all(b"first-half").unwrap();
+    // The rest is held back until the upstream has the head and the first half: a gateway that
+    // buffered the body would forward nothing before it is whole, and this would time out.
+    let got_first_half = common::eventually(Duration::from_secs(5), || {
+        let arrived = arrived.lock().unwrap();
+        let text = String::from_utf8_lossy(&arrived).to_ascii_lowercase();
+        text.starts_with("post /ingest ")
+            && text.contains("\r\nx-keygate-app: acme\r\n")
+            && text.ends_with("\r\n\r\nfirst-half")
+    });
+    assert!(
+        got_first_half.is_some(),
+        "the upstream had not seen the head and the first half before the rest was sent: {:?}",
+        String::from_utf8_lossy(&arrived.lock().unwrap())
+    );
+    connection.stream().write_all(b"second-hal").unwrap();
+    let response = connection.read_response().unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.text(), r#"{"bytes":20}"#);
+    assert!(String::from_utf8_lossy(&arrived.lock().unwrap()).ends_with("first-halfsecond-hal"));
 }
 
 #[test]

@@ -81,7 +81,8 @@ fn request_smuggling_payloads_smuggle_nothing_upstream() {
 #[test]
 fn random_bytes_and_odd_keys_never_crash_the_gateway() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
-    redis.put_key("valid-key", &[("app", "acme")]);
+    const VALID: &str = "hostile-valid-key-5c2e";
+    redis.put_key(VALID, &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).start();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -103,11 +104,22 @@ fn random_bytes_and_odd_keys_never_crash_the_gateway() {
     gateway.get("/x?apikey=%7F", &[]).assert_rejected(401, "malformed_api_key");
     gateway.get("/x?apikey=%41%42", &[]).assert_rejected(403, "unknown_api_key");
     let mut connection = Connection::open(gateway.addr).unwrap();
-    let response =
-        connection.request("GET", "/", &[("x-apikey", "valid-key"), ("X-APIKEY", "valid-key")], b"");
+    let response = connection.request("GET", "/", &[("x-apikey", VALID), ("X-APIKEY", VALID)], b"");
     assert_eq!(response.unwrap().status, 200, "equal duplicates in any case are one key");
-    assert_eq!(gateway.with_key("valid-key").status, 200, "the gateway is still up");
+    assert_eq!(gateway.with_key(VALID).status, 200, "the gateway is still up");
+    assert_eq!(gateway.get(&format!("/x?apikey={VALID}&y=1"), &[]).status, 200);
+    gateway.get("/x?apikey=odd-query-key-93b1", &[]).assert_rejected(403, "unknown_api_key");
     assert!(!gateway.logs().contains("panicked"), "{}", gateway.logs());
+    // Among what was logged about 200 malformed requests, not one key.
+    gateway.assert_no_key_in_logs(&[
+        VALID,
+        "odd-query-key-93b1",
+        "caf\u{e9}",
+        "a\tb",
+        "%ZZ",
+        "%41%42",
+        "%7F",
+    ]);
 }
 
 #[test]

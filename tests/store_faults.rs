@@ -57,8 +57,17 @@ fn a_killed_and_restarted_store_loses_nothing_valid_and_is_heard_again() {
         assert_eq!(gateway.with_key("known-key").status, 200);
         let (response, took) = timed(&gateway, "uncached-key");
         response.assert_rejected(503, "key_store_unavailable");
+        assert_eq!(response.retry_after(), 1);
         assert!(took < FAST_ANSWER, "answered after {took:?}");
     }
+    // A refused connection is an error, not a timeout, and was never taken for "unknown".
+    assert!(gateway.metric(r#"keygate_store_queries_total{result="error"}"#) > 0.0, "{}", gateway.metrics());
+    assert_eq!(
+        gateway.metric(r#"keygate_cache_entries{kind="negative"}"#),
+        0.0,
+        "an error became an unknown"
+    );
+    assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="store_unavailable"}"#, 10.0), 10.0);
 
     redis.restart();
     redis.put_key("known-key", &[("app", "acme")]);
@@ -76,18 +85,65 @@ fn a_killed_and_restarted_store_loses_nothing_valid_and_is_heard_again() {
 
 #[test]
 fn an_unknown_key_cached_before_an_outage_is_checked_again_after_it() {
+    // The negative cache alone, with the membership filter off: the key really is cached
+    // unknown, and only distrusting that when the subscription resumes lets it in.
     let (mut redis, upstream) = (Redis::start(), Upstream::start());
-    let gateway = Setup::redis(&redis, &upstream).start();
+    let gateway = Setup::redis(&redis, &upstream).extra("filter: {enabled: false}").start();
     gateway.with_key("created-during-outage").assert_rejected(403, "unknown_api_key");
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="negative"}"#), 1.0, "not cached unknown");
+    assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="not_found"}"#), 1.0);
     redis.kill();
     redis.restart();
     // Written, and announced, while the gateway could not hear it: no announcement reaches it,
-    // and the negative TTL (60 s) is far away. Only distrusting the negative cache when the
-    // subscription resumes lets the key in.
+    // and the negative TTL (60 s) is far away.
     redis.put_key("created-during-outage", &[("app", "acme")]);
     let accepted =
         eventually(Duration::from_secs(3), || gateway.with_key("created-during-outage").status == 200);
     assert!(accepted.is_some(), "an announcement missed in the gap left the key unknown");
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="negative"}"#), 0.0);
+}
+
+#[test]
+fn an_unknown_key_refused_by_the_filter_before_an_outage_is_checked_again_after_it() {
+    // With the filter on, the first "unknown" is the filter's: it must stop trusting itself when
+    // the subscription resumes, until rebuilt from the new store.
+    let (mut redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream).start();
+    gateway.with_key("created-during-outage").assert_rejected(403, "unknown_api_key");
+    assert_eq!(gateway.metric("keygate_filter_rejections_total"), 1.0);
+    redis.kill();
+    redis.restart();
+    redis.put_key("created-during-outage", &[("app", "acme")]);
+    let accepted =
+        eventually(Duration::from_secs(3), || gateway.with_key("created-during-outage").status == 200);
+    assert!(accepted.is_some(), "an announcement missed in the gap left the key unknown");
+}
+
+#[test]
+fn a_known_key_past_its_ttl_is_served_stale_while_the_store_is_frozen() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("known-key", &[("app", "acme")]);
+    redis.put_key("uncached-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).extra("cache: {ttl_s: 1}").start();
+    assert_eq!(gateway.with_key("known-key").status, 200);
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="positive"}"#), 1.0);
+
+    redis.freeze();
+    std::thread::sleep(Duration::from_millis(1500)); // past ttl_s: the entry is stale now
+    for _ in 0..5 {
+        // Waiting on the store instead would end in a timeout and a 503.
+        let response = gateway.with_key("known-key");
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.text(), r#"{"app":"acme","bytes":0}"#);
+    }
+    assert!(gateway.metric(r#"keygate_cache_lookups_total{result="stale_hit"}"#) >= 5.0);
+    let response = gateway.with_key("uncached-key");
+    response.assert_rejected(503, "key_store_unavailable");
+    assert_eq!(response.retry_after(), 1);
+    redis.thaw();
+    assert_eq!(upstream.count(), 6);
+    assert!(eventually(Duration::from_secs(3), || gateway.with_key("uncached-key").status == 200).is_some());
+    gateway.assert_no_key_in_logs(&["known-key", "uncached-key"]);
 }
 
 #[test]

@@ -18,6 +18,10 @@ fn three_hundred_repeats_of_one_unknown_key_cost_one_read() {
     }
     assert_eq!(redis.reads(), 1, "Redis served {} reads", redis.reads());
     assert_eq!(gateway.metric(r#"keygate_cache_lookups_total{result="negative_hit"}"#), 299.0);
+    assert_eq!(gateway.metric(r#"keygate_cache_lookups_total{result="miss"}"#), 1.0);
+    assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="not_found"}"#), 1.0);
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="negative"}"#), 1.0);
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="positive"}"#), 0.0);
     assert_eq!(upstream.count(), 0);
 }
 
@@ -39,10 +43,14 @@ fn sixty_four_concurrent_first_requests_cost_one_read() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("popular-key", &[("app", "acme")]);
     redis.put_key("second-key", &[("app", "acme")]);
-    let gateway = Setup::redis(&redis, &upstream).start();
+    let mut setup = Setup::redis(&redis, &upstream);
+    // Generous, so the one lookup outlives the wait for all 64 requests on a loaded machine:
+    // every one of them must then be answered 200.
+    setup.store = format!("  redis:\n    url: {}\n    timeout_ms: 5000\n", redis.url());
+    let gateway = setup.start();
     redis.reset_stats();
-    // Freezing Redis while the 64 requests arrive makes them truly concurrent: all of them are
-    // waiting on the one lookup when it thaws.
+    // Redis is frozen until all 64 requests have missed the cache: they are then truly
+    // concurrent, every one waiting on the one lookup when it thaws.
     redis.freeze();
     let mut setup = Vec::new();
     for _ in 0..64 {
@@ -51,11 +59,19 @@ fn sixty_four_concurrent_first_requests_cost_one_read() {
             http::request(addr, "GET", "/ingest", &[("X-ApiKey", "popular-key")], b"").unwrap().status
         }));
     }
-    std::thread::sleep(Duration::from_millis(20));
+    let all_waiting = eventually(Duration::from_secs(4), || {
+        gateway.metric(r#"keygate_cache_lookups_total{result="miss"}"#) >= 64.0
+    });
+    let in_flight = gateway.metric("keygate_store_lookups_in_flight");
     redis.thaw();
+    assert!(all_waiting.is_some(), "not all 64 requests reached the lookup while Redis was frozen");
+    assert_eq!(in_flight, 1.0, "64 requests for one key, lookups in flight");
     let statuses: Vec<u16> = setup.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
-    assert!(redis.reads() <= 1, "Redis served {} reads", redis.reads());
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(redis.reads(), 1, "Redis served {} reads", redis.reads());
+    assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="found"}"#), 1.0);
+    assert_eq!(gateway.metric(r#"keygate_cache_lookups_total{result="miss"}"#), 64.0);
+    assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="forwarded"}"#, 64.0), 64.0);
 
     // And with Redis answering at once.
     redis.reset_stats();
@@ -68,7 +84,9 @@ fn sixty_four_concurrent_first_requests_cost_one_read() {
         })
         .collect();
     assert!(threads.into_iter().all(|t| t.join().unwrap() == 200));
-    assert!(redis.reads() <= 1, "Redis served {} reads", redis.reads());
+    assert_eq!(redis.reads(), 1, "Redis served {} reads", redis.reads());
+    assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="found"}"#), 2.0);
+    assert_eq!(upstream.count(), 128);
 }
 
 #[test]
@@ -88,9 +106,36 @@ fn a_revoked_key_is_refused_within_a_second_of_its_announcement() {
 
 #[test]
 fn a_key_created_after_being_cached_unknown_is_accepted_within_a_second() {
+    // The negative cache alone, with the membership filter off: the first answer is a store
+    // "not found", remembered, and only the announcement makes the gateway ask again.
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream).extra("filter: {enabled: false}").start();
+    gateway.with_key("late-key").assert_rejected(403, "unknown_api_key");
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="negative"}"#), 1.0, "not cached unknown");
+    assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="not_found"}"#), 1.0);
+    wait_subscribed(&redis);
+    redis.put_key("late-key", &[("app", "acme")]);
+    redis.reset_stats();
+    gateway.with_key("late-key").assert_rejected(403, "unknown_api_key");
+    assert_eq!(redis.reads(), 0, "the unknown answer did not come from the negative cache");
+    assert_eq!(gateway.metric(r#"keygate_cache_lookups_total{result="negative_hit"}"#), 1.0);
+    redis.announce("late-key");
+    let took = eventually(Duration::from_secs(1), || gateway.with_key("late-key").status == 200);
+    assert!(took.is_some(), "still unknown a second after the announcement");
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="negative"}"#), 0.0);
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="positive"}"#), 1.0);
+}
+
+#[test]
+fn a_key_created_after_the_filter_refused_it_is_accepted_within_a_second() {
+    // With the filter on, the first "unknown" is the filter's (no store read, nothing cached):
+    // the announcement must add the id to the filter.
     let (redis, upstream) = (Redis::start(), Upstream::start());
     let gateway = Setup::redis(&redis, &upstream).start();
+    redis.reset_stats();
     gateway.with_key("late-key").assert_rejected(403, "unknown_api_key");
+    assert_eq!(redis.reads(), 0);
+    assert_eq!(gateway.metric("keygate_filter_rejections_total"), 1.0);
     wait_subscribed(&redis);
     redis.put_key("late-key", &[("app", "acme")]);
     gateway.with_key("late-key").assert_rejected(403, "unknown_api_key");
@@ -101,18 +146,46 @@ fn a_key_created_after_being_cached_unknown_is_accepted_within_a_second() {
 
 #[test]
 fn an_announcement_of_everything_forgets_everything() {
+    // Filter off: key-b's "unknown" is a negative cache entry, which `*` must forget too.
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("key-a", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).extra("filter: {enabled: false}").start();
+    assert_eq!(gateway.with_key("key-a").status, 200);
+    gateway.with_key("key-b").assert_rejected(403, "unknown_api_key");
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="positive"}"#), 1.0);
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="negative"}"#), 1.0, "key-b not cached unknown");
+    wait_subscribed(&redis);
+    redis.put_key("key-a", &[("app", "acme"), ("status", "revoked")]);
+    redis.put_key("key-b", &[("app", "acme")]);
+    redis.reset_stats();
+    assert_eq!(gateway.with_key("key-a").status, 200, "cached until announced");
+    gateway.with_key("key-b").assert_rejected(403, "unknown_api_key");
+    assert_eq!(redis.reads(), 0, "the answers did not come from the cache");
+    publish_everything(&redis);
+    assert!(eventually(Duration::from_secs(1), || gateway.with_key("key-a").status == 403).is_some());
+    gateway.with_key("key-a").assert_rejected(403, "disabled_api_key");
+    assert_eq!(gateway.with_key("key-b").status, 200);
+}
+
+#[test]
+fn an_announcement_of_everything_also_reaches_the_filter() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("key-a", &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).start();
     assert_eq!(gateway.with_key("key-a").status, 200);
     gateway.with_key("key-b").assert_rejected(403, "unknown_api_key");
+    assert_eq!(gateway.metric("keygate_filter_rejections_total"), 1.0, "key-b was refused by the filter");
     wait_subscribed(&redis);
     redis.put_key("key-a", &[("app", "acme"), ("status", "revoked")]);
     redis.put_key("key-b", &[("app", "acme")]);
-    let _: () =
-        redis::cmd("PUBLISH").arg("keygate:invalidate").arg("*").query(&mut redis.connection()).unwrap();
+    publish_everything(&redis);
     assert!(eventually(Duration::from_secs(1), || gateway.with_key("key-a").status == 403).is_some());
     assert_eq!(gateway.with_key("key-b").status, 200);
+}
+
+fn publish_everything(redis: &Redis) {
+    let _: () =
+        redis::cmd("PUBLISH").arg("keygate:invalidate").arg("*").query(&mut redis.connection()).unwrap();
 }
 
 /// Waits until the gateway's subscription to the invalidation channel is in place.

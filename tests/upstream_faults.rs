@@ -41,6 +41,20 @@ fn reset_mid_body(stream: &mut std::net::TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
+/// A key distinctive enough that finding it in the logs cannot be a coincidence.
+const KEY: &str = "upstream-fault-key-7f3a";
+
+/// Guarantee 7 on the error path: Pingora logged a summary of every failed request (where its
+/// default summary would hold the query string, key and all), and no key is in the logs.
+fn assert_failures_logged_without_the_key(gateway: &common::Gateway, failed: usize) {
+    let logged = eventually(Duration::from_secs(2), || {
+        gateway.logs().lines().filter(|l| l.contains("Fail to proxy") && l.ends_with(" /ingest")).count()
+            >= failed
+    });
+    assert!(logged.is_some(), "fewer than {failed} failures were logged:\n{}", gateway.logs());
+    gateway.assert_no_key_in_logs(&[KEY]);
+}
+
 fn gateway_with_peers(redis: &Redis, peers: Vec<String>, read_timeout_ms: u64) -> common::Gateway {
     let mut setup = Setup::redis(redis, &Upstream::start());
     setup.peers = peers;
@@ -53,25 +67,32 @@ fn gateway_with_peers(redis: &Redis, peers: Vec<String>, read_timeout_ms: u64) -
 #[test]
 fn a_hung_peer_is_answered_by_read_timeout_not_never() {
     let redis = Redis::start();
-    redis.put_key("valid-key", &[("app", "acme")]);
+    redis.put_key(KEY, &[("app", "acme")]);
     let gateway = gateway_with_peers(&redis, vec![odd_peer(hang).to_string()], 500);
     let started = Instant::now();
-    let response = gateway.with_key("valid-key");
+    let response = gateway.with_key(KEY);
     assert!(response.status == 502 || response.status == 504, "answered {}", response.status);
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "took {took:?}");
-    assert!(gateway.settled_metric(r#"keygate_requests_total{outcome="upstream_error"}"#, 1.0) >= 1.0);
+    // Pingora logs a summary of a request that failed upstream: a query key must not be in it.
+    let response = gateway.get(&format!("/ingest?apikey={KEY}&x=1"), &[]);
+    assert!(response.status == 502 || response.status == 504, "answered {}", response.status);
+    assert!(gateway.settled_metric(r#"keygate_requests_total{outcome="upstream_error"}"#, 2.0) >= 2.0);
+    assert_failures_logged_without_the_key(&gateway, 2);
 }
 
 #[test]
 fn a_peer_that_resets_mid_response_never_yields_a_whole_2xx() {
     let redis = Redis::start();
-    redis.put_key("valid-key", &[("app", "acme")]);
+    redis.put_key(KEY, &[("app", "acme")]);
     let gateway = gateway_with_peers(&redis, vec![odd_peer(reset_mid_body).to_string()], 2000);
-    for _ in 0..5 {
+    let query_target = format!("/ingest?apikey={KEY}");
+    for n in 0..6 {
         let mut connection = Connection::open(gateway.addr).unwrap();
+        let (target, headers): (&str, &[(&str, &str)]) =
+            if n % 2 == 0 { ("/ingest", &[("X-ApiKey", KEY)]) } else { (&query_target, &[]) };
         // An error is the client seeing the cut (it will retry); a whole 2xx would be a lie.
-        if let Ok(response) = connection.request("GET", "/ingest", &[("X-ApiKey", "valid-key")], b"") {
+        if let Ok(response) = connection.request("GET", target, headers, b"") {
             assert!(
                 !(200..300).contains(&response.status),
                 "a truncated 2xx was delivered whole: {} {:?}",
@@ -82,6 +103,7 @@ fn a_peer_that_resets_mid_response_never_yields_a_whole_2xx() {
     }
     assert_eq!(http::get(gateway.admin, "/healthz").unwrap().status, 200, "the gateway is still up");
     assert!(!gateway.logs().contains("panicked"));
+    assert_failures_logged_without_the_key(&gateway, 6);
 }
 
 #[test]
@@ -107,15 +129,20 @@ fn a_dead_peer_is_marked_unhealthy_and_traffic_flows_to_the_rest() {
 #[test]
 fn with_every_peer_down_the_answer_is_a_fast_502() {
     let redis = Redis::start();
-    redis.put_key("valid-key", &[("app", "acme")]);
+    redis.put_key(KEY, &[("app", "acme")]);
     let peers = (0..3).map(|_| format!("127.0.0.1:{}", common::free_port())).collect();
     let gateway = gateway_with_peers(&redis, peers, 1000);
     std::thread::sleep(Duration::from_millis(500)); // the health check marks them all down
     for _ in 0..5 {
         let started = Instant::now();
-        assert_eq!(gateway.with_key("valid-key").status, 502);
+        assert_eq!(gateway.with_key(KEY).status, 502);
         assert!(started.elapsed() < Duration::from_millis(200), "took {:?}", started.elapsed());
+    }
+    for _ in 0..3 {
+        assert_eq!(gateway.get(&format!("/ingest?apikey={KEY}"), &[]).status, 502);
     }
     let response = http::get(gateway.admin, "/readyz").unwrap();
     assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="upstream_error"}"#, 8.0), 8.0);
+    assert_failures_logged_without_the_key(&gateway, 8);
 }
