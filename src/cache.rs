@@ -3,8 +3,8 @@
 //! Known and unknown keys are held in two separate bounded caches, so a flood of unknown keys
 //! can only evict other unknown keys, never a known one. A known entry is fresh for `ttl` (less
 //! up to a tenth, see [`KeyCache::ttl_of`]), then served stale (and refreshed in the background)
-//! for up to `stale` more while the store cannot confirm it. An unknown entry lives for
-//! `negative_ttl`.
+//! while the store cannot confirm it, until `ttl + stale` after it was confirmed. An unknown
+//! entry lives for `negative_ttl`.
 //!
 //! The hit path takes no lock of ours and allocates nothing: quick_cache's shard lookup and an
 //! `Arc` clone.
@@ -101,7 +101,7 @@ impl KeyCache {
     /// and stay spread: each key keeps its own period.
     fn ttl_of(id: &KeyId, ttl: Duration) -> Duration {
         let fraction = u32::from(id.as_bytes()[31]);
-        ttl - ttl * fraction / 2560
+        ttl - ttl / 2560 * fraction
     }
 
     /// The grant cached for `id`, however old (its limiter carries over to a refreshed record).

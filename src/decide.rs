@@ -47,9 +47,10 @@ pub async fn decide(gateway: &Gateway, request: &RequestFacts<'_>) -> Result<Arc
             // address already refused stays refused: the filter's rare false positives cannot
             // work the store for it either.
             let charged = !lookup.filter_answers();
-            match charged {
-                true => charge()?,
-                false => settings.ip_limiter.refusing(client()).map_err(Rejection::RateLimited)?,
+            if charged {
+                charge()?;
+            } else {
+                settings.ip_limiter.refusing(client()).map_err(Rejection::RateLimited)?;
             }
             let verdict = lookup.fetch(id).await.map_err(|e| match e {
                 LookupError::Unavailable => Rejection::StoreUnavailable,

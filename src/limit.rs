@@ -2,7 +2,9 @@
 //!
 //! Two kinds of limit, both GCRA (governor): one per known key, whose state lives beside the
 //! key's cache entry (so it costs no second lookup and is dropped with the entry), and one per
-//! client address for requests without a usable key, charged before any store lookup.
+//! client address for requests without a usable key. When a store lookup is to come, the
+//! per-address limit is either charged first or, while the filter answers, asked without a
+//! charge whether it has refused the address (see `decide`).
 
 use crate::config::Rate;
 use crate::store::record::unix_now;
@@ -145,8 +147,11 @@ impl<C: Clock> IpLimiter<C> {
     /// Charges one request to `client`.
     pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
         self.limiter.check_key(&client).map_err(|until| {
+            // Refusals of an address in one state share one answer: written once, not per request.
             let earliest = until.earliest_possible();
-            self.refused_until.insert(client, earliest);
+            if self.refused_until.get(&client).is_none_or(|known| known < earliest) {
+                self.refused_until.insert(client, earliest);
+            }
             Limited::after(until.wait_time_from(self.limiter.clock().now()), self.rate)
         })
     }

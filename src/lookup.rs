@@ -103,6 +103,11 @@ impl KeyLookup {
         Arc::clone(&self.store.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The same store over a new connection: what was learnt from it stays.
+    pub fn reconnect_store(&self, store: Arc<dyn KeyStore>) {
+        *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
+    }
+
     /// A reload's store settings: another store (forgetting everything learnt from the old
     /// one), a new timeout, a new bound on lookups in flight.
     pub fn set_store(&self, store: Option<Arc<dyn KeyStore>>, timeout: Duration, max_inflight: usize) {

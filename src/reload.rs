@@ -52,7 +52,10 @@ impl Gateway {
         // The file store is read again on every reload: its keys are what changed, usually.
         let store_changed =
             new.store.backend != old.store.backend || matches!(new.store.backend, StoreBackend::File(_));
-        let store = match store_changed.then(|| open_store(&new)).transpose() {
+        // The same Redis with a new timeout: a new connection (its own timeouts follow the
+        // lookup's), and everything learnt from the store stays true.
+        let reconnect = !store_changed && new.store.timeout != old.store.timeout;
+        let mut store = match (store_changed || reconnect).then(|| open_store(&new)).transpose() {
             Ok(store) => store,
             Err(e) => {
                 log::error!("reload refused: {}: store: {e:#}", path.display());
@@ -64,6 +67,9 @@ impl Gateway {
         self.settings.store(Arc::new(RequestSettings::new(&new, Some(&self.settings.load()))));
         self.lookup.set_default_rate(new.rate_limit.per_key);
         self.lookup.cache.set_ttls(&new.cache);
+        if reconnect {
+            self.lookup.reconnect_store(store.take().expect("opened above"));
+        }
         self.lookup.set_store(store, new.store.timeout, new.store.max_inflight);
         self.upstreams.reconfigure(&new.upstream).await;
         self.config.store(Arc::new(new));

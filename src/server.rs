@@ -22,23 +22,28 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
     let mut conf = ServerConf { threads: config.threads, ..ServerConf::default() };
     conf.grace_period_seconds = Some(config.grace_period.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(config.grace_period.as_secs().max(1));
-    if let Some(pid) = &config.pid_file {
-        conf.pid_file = pid.display().to_string();
-    }
     if let Some(sock) = &config.upgrade_sock {
         conf.upgrade_sock = sock.display().to_string();
     }
     let opt = Opt { upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    // Takes the listeners over from the running instance when upgrading.
-    server.bootstrap();
-    let _pid_file = config.pid_file.as_deref().map(PidFile::write).transpose()?;
+    let pid_file = config.pid_file.clone();
+    if let (Some(path), false) = (&pid_file, upgrade) {
+        refuse_if_running(path)?;
+    }
 
     let listen = config.listen.clone();
     let admin_listen = config.admin_listen.clone();
     let auth_listen = config.auth_listen.clone();
+    // Before the sockets are taken over: a gateway that cannot start fails here, while the
+    // running instance still serves.
     let (gateway, health_checks) = Gateway::start(config, config_path)?;
     gateway.drain_when_handed_over(server.watch_execution_phase());
+    // Takes the listeners over from the running instance when upgrading.
+    server.bootstrap();
+    let _pid_file = pid_file
+        .as_deref()
+        .and_then(|path| PidFile::write(path).inspect_err(|e| log::error!("{e:#}; serving without it")).ok());
 
     let header_timeout = gateway.config.load().header_timeout;
     let proxy_app = http_proxy(&server.configuration, KeyGateProxy::new(gateway.clone()));
@@ -69,8 +74,9 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
 
 /// This process's pid in `pid_file`, where an operator finds the process to send SIGQUIT to in
 /// an upgrade (or SIGHUP, SIGTERM). Pingora writes the file only when it daemonizes; keygate
-/// runs in the foreground, so it writes the file itself once it holds the listeners. Removed at
-/// exit unless a successor has written its own pid there since.
+/// runs in the foreground, so it writes the file itself, just before it starts serving (after
+/// an upgrade's hand-over). Removed at exit unless a successor has written its own pid there
+/// since.
 struct PidFile(PathBuf);
 
 impl PidFile {
@@ -91,6 +97,23 @@ impl Drop for PidFile {
         if ours {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+}
+
+/// A start that is not an upgrade refuses to run beside the keygate `pid_file` names: it would
+/// fail to bind its listeners anyway, after taking the file from the process that serves.
+fn refuse_if_running(path: &Path) -> anyhow::Result<()> {
+    let Some(pid) = std::fs::read_to_string(path).ok().and_then(|text| text.trim().parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    match command.trim() == "keygate" && pid != std::process::id() {
+        true => anyhow::bail!(
+            "pid_file {} names a running keygate (pid {pid}): stop it first, or take it over with -u",
+            path.display()
+        ),
+        false => Ok(()),
     }
 }
 

@@ -16,8 +16,8 @@ use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// The configured peers, replaceable at runtime.
@@ -44,7 +44,10 @@ pub struct Upstreams {
     balancer: Arc<LoadBalancer<RoundRobin>>,
     peers: Arc<PeerSet>,
     /// Peers whose connect failed lately, and until when they are passed over.
-    passed_over: RwLock<Vec<(SocketAddr, Instant)>>,
+    passed_over: Mutex<Vec<(SocketAddr, Instant)>>,
+    /// Whether `passed_over` may hold a live entry: while not, a pick takes no lock and reads
+    /// no clock (the usual case). Cleared by the first pick that finds every entry expired.
+    any_passed_over: AtomicBool,
     connect_timeout_ms: AtomicU64,
     read_timeout_ms: AtomicU64,
 }
@@ -76,7 +79,8 @@ impl Upstreams {
         let upstreams = Upstreams {
             balancer: service.task(),
             peers,
-            passed_over: RwLock::new(Vec::new()),
+            passed_over: Mutex::new(Vec::new()),
+            any_passed_over: AtomicBool::new(false),
             connect_timeout_ms: AtomicU64::new(config.connect_timeout.as_millis() as u64),
             read_timeout_ms: AtomicU64::new(config.read_timeout.as_millis() as u64),
         };
@@ -98,18 +102,17 @@ impl Upstreams {
     /// Peers passed over lately are picked only when no other healthy one is left.
     pub fn pick(&self, tried: &[SocketAddr]) -> Option<Box<HttpPeer>> {
         let untried = |backend: &Backend, healthy: bool| healthy && !tried.contains(&socket_addr(backend));
-        let passed_over = self.passed_over.read().unwrap_or_else(|e| e.into_inner());
-        // No clock read while no peer is passed over (the usual case).
-        let now = (!passed_over.is_empty()).then(Instant::now);
-        let in_favour = |addr: SocketAddr| {
-            now.is_none_or(|now| !passed_over.iter().any(|&(a, until)| a == addr && until > now))
+        let passed_over = self.passed_over_now();
+        let in_favour = |backend: &Backend, healthy: bool| {
+            untried(backend, healthy) && !passed_over.contains(&socket_addr(backend))
         };
-        let backend = self
-            .balancer
-            .select_with(b"", 256, |backend, healthy| {
-                untried(backend, healthy) && in_favour(socket_addr(backend))
-            })
-            .or_else(|| self.balancer.select_with(b"", 256, untried))?;
+        let backend = match passed_over.is_empty() {
+            true => self.balancer.select_with(b"", 256, untried),
+            false => self
+                .balancer
+                .select_with(b"", 256, in_favour)
+                .or_else(|| self.balancer.select_with(b"", 256, untried)),
+        }?;
         let connect = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
         let mut peer = HttpPeer::new(socket_addr(&backend), false, String::new());
         peer.options.connection_timeout = Some(connect);
@@ -122,9 +125,24 @@ impl Upstreams {
     /// much less often, decides beyond that).
     pub fn connect_failed(&self, peer: SocketAddr) {
         let now = Instant::now();
-        let mut passed_over = self.passed_over.write().unwrap_or_else(|e| e.into_inner());
+        let mut passed_over = self.passed_over.lock().unwrap_or_else(|e| e.into_inner());
         passed_over.retain(|&(addr, until)| addr != peer && until > now);
         passed_over.push((peer, now + PASS_OVER));
+        self.any_passed_over.store(true, Ordering::Release);
+    }
+
+    /// The peers passed over now; empty, without a lock, while none has failed lately.
+    fn passed_over_now(&self) -> Vec<SocketAddr> {
+        if !self.any_passed_over.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut passed_over = self.passed_over.lock().unwrap_or_else(|e| e.into_inner());
+        passed_over.retain(|&(_, until)| until > now);
+        if passed_over.is_empty() {
+            self.any_passed_over.store(false, Ordering::Release);
+        }
+        passed_over.iter().map(|&(addr, _)| addr).collect()
     }
 
     /// How many peers are configured (the most a request can try).

@@ -150,3 +150,25 @@ fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
 }
+
+#[test]
+fn a_second_start_on_the_same_pid_file_is_refused_and_the_file_keeps_naming_the_first() {
+    let (_redis, _upstream, gateway) = stopping_slowly("any-key");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("-c")
+        .arg(&gateway.config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = common::eventually(Duration::from_secs(10), || second.try_wait().ok().flatten().is_some());
+    if exited.is_none() {
+        let _ = second.kill();
+    }
+    let status = second.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("names a running keygate"), "{stderr}");
+    assert_eq!(gateway.pid_in_file(), Some(gateway.pid()));
+    assert_eq!(gateway.get("/", &[("X-ApiKey", "any-key")]).status, 200);
+}

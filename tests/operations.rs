@@ -119,6 +119,35 @@ fn a_new_redis_url_on_reload_reconnects_and_forgets_the_old_stores_answers() {
 }
 
 #[test]
+fn a_longer_store_timeout_on_reload_reconnects_keeps_what_was_learnt_and_is_waited_out() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("cached-key", &[("app", "acme")]);
+    redis.put_key("uncached-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    assert_eq!(gateway.with_key("cached-key").status, 200);
+
+    gateway.reload(|yaml| yaml.replace("\n    timeout_ms: 50\n", "\n    timeout_ms: 2500\n"));
+    assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    // Same Redis: the cached key needs no new read.
+    redis.reset_stats();
+    assert_eq!(gateway.with_key("cached-key").status, 200);
+    assert_eq!(redis.reads(), 0);
+
+    // A frozen store is waited for the whole new timeout, and counted as a timeout (the old
+    // connection gave up after about a second and counted an error).
+    redis.freeze();
+    let started = std::time::Instant::now();
+    let response = gateway.with_key("uncached-key");
+    let took = started.elapsed();
+    redis.thaw();
+    response.assert_rejected(503, "key_store_unavailable");
+    assert!(took >= Duration::from_millis(2400), "gave up after {took:?}");
+    assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="timeout"}"#), 1.0);
+    assert_eq!(gateway.metric(r#"keygate_store_queries_total{result="error"}"#), 0.0);
+    assert!(eventually(Duration::from_secs(5), || gateway.with_key("uncached-key").status == 200).is_some());
+}
+
+#[test]
 fn the_access_log_has_a_json_line_per_request_samples_rejections_and_never_a_key() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("logged-key", &[("app", "acme")]);

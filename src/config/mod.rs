@@ -118,6 +118,9 @@ pub struct RateLimitConfig {
     pub unauthenticated_per_ip: Rate,
 }
 
+/// The longest a cache duration may be (ten years).
+const MAX_CACHE_SECONDS: u64 = 10 * 365 * 86_400;
+
 const TOP_LEVEL: &[&str] = &[
     "listen",
     "admin_listen",
@@ -421,6 +424,12 @@ fn cache(p: &mut Problems, c: CacheFile) -> CacheConfig {
     for (field, value) in [("ttl_s", c.ttl_s), ("negative_ttl_s", c.negative_ttl_s)] {
         if value == 0 {
             p.add(&format!("cache.{field}"), "must be at least 1");
+        }
+    }
+    // Ten years: more is surely a mistake, and keeps the time arithmetic far from overflow.
+    for (field, value) in [("ttl_s", c.ttl_s), ("negative_ttl_s", c.negative_ttl_s), ("stale_s", c.stale_s)] {
+        if value > MAX_CACHE_SECONDS {
+            p.add(&format!("cache.{field}"), format!("must be at most {MAX_CACHE_SECONDS} (ten years)"));
         }
     }
     CacheConfig {

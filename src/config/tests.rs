@@ -102,3 +102,19 @@ fn a_syntax_error_has_its_line() {
     assert_eq!(problems.len(), 1);
     assert!(problems[0].line.is_some());
 }
+
+#[test]
+fn bounded_fields_name_their_bounds() {
+    let text = format!(
+        "{MINIMAL}cache: {{ttl_s: 315360001, stale_s: 999999999999}}\nfilter: {{bits_per_key: 3, scan_batch: 0}}\n"
+    );
+    let problems = parse(&text).unwrap_err();
+    let f = fields(&problems);
+    for expected in ["cache.ttl_s", "cache.stale_s", "filter.bits_per_key", "filter.scan_batch"] {
+        assert!(f.contains(&expected), "{expected} missing from {f:?}");
+    }
+    assert!(!f.contains(&"cache.negative_ttl_s"), "{f:?}");
+    let at_the_bounds =
+        format!("{MINIMAL}cache: {{ttl_s: 315360000, stale_s: 315360000}}\nfilter: {{bits_per_key: 32}}\n");
+    assert!(parse(&at_the_bounds).is_ok());
+}

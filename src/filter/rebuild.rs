@@ -6,6 +6,7 @@
 use super::Bloom;
 use crate::lookup::KeyLookup;
 use crate::metrics::Metrics;
+use crate::store::{KeyStore, StoreError};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,17 +25,21 @@ pub async fn maintain(lookup: Arc<KeyLookup>, metrics: Arc<Metrics>) {
         let _ = tokio::time::timeout(FIRST_BUILD_WAITS_FOR_CHANNEL, filter.rebuild_now.notified()).await;
     }
     let mut retry = FIRST_RETRY;
-    let mut last_count = None;
+    // The store the last successful build scanned: a filter of the same store is sized from
+    // what it holds now.
+    let mut last_built: Option<Arc<dyn KeyStore>> = None;
     loop {
         // A wake-up that came before this build begins is answered by it (tokio's timeout polls
         // the wake-up once before its deadline); one that comes during the build starts another.
         let _ = tokio::time::timeout(Duration::ZERO, filter.rebuild_now.notified()).await;
-        let wait = match rebuild(&lookup, last_count).await {
+        let store = lookup.store();
+        let same_store = last_built.as_ref().is_some_and(|last| Arc::ptr_eq(last, &store));
+        let wait = match rebuild(&lookup, &store, same_store).await {
             Ok(count) => {
                 log::info!("membership filter built: {count} key ids, trusted: {}", filter.is_trusted());
                 metrics.filter_rebuild(true);
                 retry = FIRST_RETRY;
-                last_count = Some(count);
+                last_built = Some(store);
                 spread(filter.config.rebuild_interval)
             }
             Err(e) => {
@@ -59,19 +64,24 @@ fn spread(interval: Duration) -> Duration {
     interval.mul_f64(0.9 + 0.2 * unit)
 }
 
-/// Scans the store into a new filter, sized for the ids the last build found (the store's own
-/// count, which may include other data, only for the first).
-async fn rebuild(lookup: &KeyLookup, last_count: Option<usize>) -> Result<usize, crate::store::StoreError> {
+/// Scans `store` into a new filter. A rebuild of the store the current filter was built from is
+/// sized for the ids that filter holds (its build's and those announced since); the first build
+/// of a store, for the store's own count (Redis's `DBSIZE`, which may include other data).
+async fn rebuild(
+    lookup: &KeyLookup,
+    store: &Arc<dyn KeyStore>,
+    same_store: bool,
+) -> Result<usize, StoreError> {
     let filter = &lookup.filter;
     let ticket = filter.begin_rebuild();
     let scanned = async {
-        let expected = match last_count {
-            Some(count) => count,
-            None => lookup.store().count_hint().await?,
+        let expected = match same_store {
+            true => filter.stats().0 as usize,
+            false => store.count_hint().await?,
         };
         let bloom = Bloom::new(expected, filter.config.bits_per_key);
         let (batch, pause) = (filter.config.scan_batch, filter.config.scan_pause);
-        let count = lookup.store().scan_ids(batch, pause, &mut |id| bloom.insert(&id)).await?;
+        let count = store.scan_ids(batch, pause, &mut |id| bloom.insert(&id)).await?;
         Ok((bloom, count))
     };
     match scanned.await {

@@ -27,7 +27,9 @@ struct KeyFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyEntry {
-    key: Option<String>,
+    /// Any YAML value, so that one that is not a string is refused by us, naming the entry:
+    /// serde's own error would print the value, which is a key.
+    key: Option<serde_yaml::Value>,
     id: Option<String>,
     app: String,
     status: Option<String>,
@@ -72,7 +74,11 @@ pub fn read_keys(path: &Path) -> Result<HashMap<KeyId, KeyRecord>, String> {
     let mut problems = Vec::new();
     for (i, entry) in file.keys.into_iter().enumerate() {
         let id = match (&entry.key, &entry.id) {
-            (Some(key), None) => Some(ApiKey::from_cli(key).id()),
+            (Some(serde_yaml::Value::String(key)), None) => Some(ApiKey::from_cli(key).id()),
+            (Some(_), None) => {
+                problems.push(format!("keys[{i}].key: must be a string (quote it)"));
+                continue;
+            }
             (None, Some(hex_id)) => KeyId::from_hex(hex_id),
             _ => None,
         };
@@ -145,6 +151,17 @@ mod tests {
         assert_eq!((&*first.app, first.rate), ("a", Some(5.0)));
         assert_eq!(&*store.fetch(&id).await.unwrap().unwrap().app, "b");
         assert_eq!(store.fetch(&ApiKey::from_cli("third").id()).await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_key_that_is_not_a_string_is_refused_without_being_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        std::fs::write(&path, "keys:\n  - key: 987654321\n    app: a\n  - key: '987654321'\n    app: b\n")
+            .unwrap();
+        let err = read_keys(&path).unwrap_err();
+        assert!(err.contains("keys[0].key: must be a string"), "{err}");
+        assert!(!err.contains("987654321") && !err.contains("keys[1]"), "{err}");
     }
 
     #[test]

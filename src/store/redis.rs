@@ -30,8 +30,8 @@ impl RedisStore {
         let scan_client = client.clone();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
-            // Always past the lookup's own `timeout_ms`, so a slow answer is counted as the
-            // lookup's timeout, never as a connection error.
+            // Always past the lookup's own `timeout_ms` (a reload that changes it reconnects),
+            // so a slow answer is counted as the lookup's timeout, never as a connection error.
             .set_response_timeout(Some(timeout + Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
