@@ -4,13 +4,7 @@ use crate::key::ApiKey;
 use crate::store::KeyRecord;
 
 fn cache(capacity: usize, negative_capacity: usize) -> KeyCache {
-    KeyCache::new(&CacheConfig {
-        capacity,
-        negative_capacity,
-        ttl: Duration::from_secs(300),
-        negative_ttl: Duration::from_secs(60),
-        stale: Duration::from_secs(3600),
-    })
+    KeyCache::new(&CacheConfig { negative_capacity, ..CacheConfig::for_tests(capacity) })
 }
 
 fn id(n: usize) -> KeyId {

@@ -106,6 +106,20 @@ pub struct CacheConfig {
     pub stale: Duration,
 }
 
+#[cfg(test)]
+impl CacheConfig {
+    /// `capacity` entries of each kind, TTLs of 300 s (known), 60 s (unknown), an hour stale.
+    pub fn for_tests(capacity: usize) -> Self {
+        CacheConfig {
+            capacity,
+            negative_capacity: capacity,
+            ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(60),
+            stale: Duration::from_secs(3600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
     pub per_second: f64,

@@ -119,13 +119,7 @@ mod tests {
         let store = Arc::new(MemoryStore::default());
         (0..10).for_each(|n| store.insert(id(n), KeyRecord::active("a")));
         let config = FilterConfig { rebuild_interval: Duration::from_secs(300), ..FilterConfig::default() };
-        let cache = KeyCache::new(&CacheConfig {
-            capacity: 100,
-            negative_capacity: 100,
-            ttl: Duration::from_secs(300),
-            negative_ttl: Duration::from_secs(60),
-            stale: Duration::from_secs(3600),
-        });
+        let cache = KeyCache::new(&CacheConfig::for_tests(100));
         let metrics = Arc::new(Metrics::new());
         let lookup = Arc::new(KeyLookup::new(
             cache,

@@ -8,13 +8,7 @@ use crate::store::KeyRecord;
 const TIMEOUT: Duration = Duration::from_millis(50);
 
 fn lookup(store: Arc<MemoryStore>, max_inflight: usize) -> Arc<KeyLookup> {
-    let cache = KeyCache::new(&CacheConfig {
-        capacity: 100,
-        negative_capacity: 100,
-        ttl: Duration::from_secs(300),
-        negative_ttl: Duration::from_secs(60),
-        stale: Duration::from_secs(3600),
-    });
+    let cache = KeyCache::new(&CacheConfig::for_tests(100));
     let rate = Rate { per_second: 100.0, burst: 100 };
     Arc::new(KeyLookup::new(
         cache,
