@@ -4,6 +4,9 @@
 //! request; when the channel is full the line is dropped and counted. Forwarded requests are
 //! always logged; rejections are sampled under `rejections_per_second`, so an attack cannot
 //! flood the disk. Never a key: the path is logged without its query string.
+//!
+//! A file is opened again on `SIGHUP` (after `logrotate` has moved it away), so lines go to a
+//! file at the configured path again.
 
 use crate::config::AccessLogConfig;
 use crate::metrics::Outcome;
@@ -12,8 +15,10 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lines waiting for the writer; past this a burst is dropped rather than queued.
@@ -36,6 +41,8 @@ pub struct Entry<'a> {
 
 pub struct AccessLog {
     lines: SyncSender<String>,
+    /// Asks the writer to open its file again, before its next line.
+    reopen: Arc<AtomicBool>,
     rejections: DefaultDirectRateLimiter,
     /// Lines not written: sampled out, or dropped on a full queue.
     pub skipped: AtomicU64,
@@ -44,20 +51,25 @@ pub struct AccessLog {
 impl AccessLog {
     /// Opens the log and starts its writer thread.
     pub fn open(config: &AccessLogConfig) -> std::io::Result<AccessLog> {
-        let sink: Box<dyn Write + Send> = match config.path.as_deref() {
-            None => Box::new(std::io::stderr()),
-            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
-        };
+        let sink = Sink::open(config.path.clone())?;
         let (lines, queue) = sync_channel(QUEUE);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let asked = Arc::clone(&reopen);
         std::thread::Builder::new()
             .name("keygate-access-log".into())
-            .spawn(move || write_lines(queue, sink))?;
+            .spawn(move || write_lines(queue, sink, &asked))?;
         let per_second = NonZeroU32::new(config.rejections_per_second).unwrap_or(NonZeroU32::MIN);
         Ok(AccessLog {
             lines,
+            reopen,
             rejections: DefaultDirectRateLimiter::direct(Quota::per_second(per_second)),
             skipped: AtomicU64::new(0),
         })
+    }
+
+    /// Opens the file again before the next line (a reload, after log rotation).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     pub fn record(&self, entry: &Entry<'_>) {
@@ -74,10 +86,42 @@ impl AccessLog {
     }
 }
 
-fn write_lines(queue: Receiver<String>, sink: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::new(sink);
+/// Where lines go: stderr, or a file that can be opened again.
+struct Sink {
+    path: Option<PathBuf>,
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
+}
+
+impl Sink {
+    fn open(path: Option<PathBuf>) -> std::io::Result<Sink> {
+        let out: Box<dyn Write + Send> = match path.as_deref() {
+            None => Box::new(std::io::stderr()),
+            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        Ok(Sink { path, out: std::io::BufWriter::new(out) })
+    }
+
+    /// Flushes to the file now open, then opens the path again; on failure, keeps the old file.
+    fn reopen(&mut self) {
+        let _ = self.out.flush();
+        if self.path.is_none() {
+            return;
+        }
+        match Sink::open(self.path.clone()) {
+            Ok(fresh) => *self = fresh,
+            Err(e) => log::error!("access log not reopened, still writing the old file: {e}"),
+        }
+    }
+}
+
+fn write_lines(queue: Receiver<String>, mut sink: Sink, reopen: &AtomicBool) {
     loop {
-        match queue.recv_timeout(FLUSH_EVERY) {
+        let next = queue.recv_timeout(FLUSH_EVERY);
+        if reopen.swap(false, Ordering::Relaxed) {
+            sink.reopen();
+        }
+        let out = &mut sink.out;
+        match next {
             Ok(line) => {
                 let _ = out.write_all(line.as_bytes());
             }

@@ -39,6 +39,10 @@ impl Gateway {
     /// file was refused and the running config stays.
     pub async fn reload(&self) -> bool {
         let Some(path) = &self.config_path else { return false };
+        // Whatever the new file holds: log rotation reloads to have the log opened again.
+        if let Some(log) = &self.access_log {
+            log.reopen();
+        }
         let new = match Config::load(path) {
             Ok(config) => config,
             Err(errors) => {

@@ -336,3 +336,30 @@ fn a_changed_listener_on_reload_is_warned_about_and_the_old_one_keeps_serving() 
     assert_eq!(gateway.with_key("listen-key").status, 200, "the old listener stopped serving");
     assert!(std::net::TcpStream::connect(&elsewhere).is_err(), "a new listener was opened");
 }
+
+#[test]
+fn after_log_rotation_a_reload_opens_the_access_log_again() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("logged-key", &[("app", "acme")]);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, rotated) = (dir.path().join("access.log"), dir.path().join("access.log.1"));
+    let gateway =
+        Setup::redis(&redis, &upstream).extra(&format!("access_log: {{path: {}}}", log.display())).start();
+    let lines_in = |path: &std::path::Path, needle: &str| {
+        std::fs::read_to_string(path).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
+    };
+    assert_eq!(gateway.get("/before-rotation", &[("X-ApiKey", "logged-key")]).status, 200);
+    assert!(eventually(Duration::from_secs(3), || lines_in(&log, "/before-rotation") == 1).is_some());
+
+    // logrotate moves the file away, then reloads.
+    std::fs::rename(&log, &rotated).unwrap();
+    gateway.reload(|yaml| yaml);
+    assert_eq!(gateway.get("/after-rotation", &[("X-ApiKey", "logged-key")]).status, 200);
+    assert!(
+        eventually(Duration::from_secs(3), || lines_in(&log, "/after-rotation") == 1).is_some(),
+        "no line in a new file at the configured path"
+    );
+    assert_eq!(lines_in(&rotated, "/after-rotation"), 0);
+    assert_eq!(lines_in(&rotated, "/before-rotation"), 1);
+    assert_eq!(lines_in(&log, "/before-rotation"), 0);
+}
