@@ -36,6 +36,7 @@ impl Admin {
         metrics.filter_bytes.set(bytes as i64);
         metrics.filter_age_seconds.set(age);
         metrics.filter_trusted.set(gateway.lookup.filter.is_trusted() as i64);
+        metrics.ip_limiter_addresses.set(gateway.settings.load().ip_limiter.len() as i64);
         // Reset first, so a peer removed by a reload leaves no series behind.
         metrics.upstream_healthy.reset();
         for (peer, healthy) in gateway.upstreams.health() {

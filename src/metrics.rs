@@ -97,6 +97,8 @@ pub struct Metrics {
     pub filter_bytes: IntGauge,
     pub filter_age_seconds: Gauge,
     pub filter_trusted: IntGauge,
+    /// Set at scrape time: client addresses the per-IP limiter holds state for (never which).
+    pub ip_limiter_addresses: IntGauge,
 }
 
 impl Metrics {
@@ -171,6 +173,11 @@ impl Metrics {
             "1 while the filter may reject keys (built, no announcement missed since).",
         )
         .expect("valid metric");
+        let ip_limiter_addresses = IntGauge::new(
+            "keygate_ip_limiter_addresses",
+            "Client addresses the per-IP limiter holds state for; idle ones are forgotten every 10 s.",
+        )
+        .expect("valid metric");
         let store_in_flight = IntGauge::new("keygate_store_lookups_in_flight", "Store lookups running now.")
             .expect("valid metric");
         let access_log_skipped = IntCounter::new(
@@ -187,6 +194,7 @@ impl Metrics {
             Box::new(filter_bytes.clone()),
             Box::new(filter_age_seconds.clone()),
             Box::new(filter_trusted.clone()),
+            Box::new(ip_limiter_addresses.clone()),
             Box::new(requests.clone()),
             Box::new(request_seconds.clone()),
             Box::new(cache_lookups.clone()),
@@ -223,6 +231,7 @@ impl Metrics {
             filter_bytes,
             filter_age_seconds,
             filter_trusted,
+            ip_limiter_addresses,
             registry,
         }
     }

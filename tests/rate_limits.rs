@@ -209,3 +209,22 @@ fn while_the_filter_answers_an_address_over_its_limit_gets_no_store_read_even_fo
     assert_eq!(from(&gateway, "198.51.100.8", Some("stored-key-1")).status, 200);
     assert_limited(&from(&gateway, "198.51.100.7", Some("stored-key-2")));
 }
+
+#[test]
+fn the_per_ip_limiter_forgets_idle_addresses() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra(&limits("per_second: 1000\n  burst: 1000", "{per_second: 10, burst: 5}"))
+        .extra("trusted_proxies: [127.0.0.1/32]")
+        .start();
+    for n in 0..50 {
+        let client = format!("198.51.100.{n}");
+        from(&gateway, &client, None).assert_rejected(401, "missing_api_key");
+    }
+    let addresses = || gateway.metric("keygate_ip_limiter_addresses");
+    assert_eq!(addresses(), 50.0);
+    // A tenth of a second later each is back to a full burst; the sweep runs every 10 s.
+    let forgotten = eventually(Duration::from_secs(25), || addresses() == 0.0);
+    assert!(forgotten.is_some(), "{} idle addresses still held", addresses());
+    assert!(gateway.metrics().lines().all(|line| !line.contains("198.51.100.")), "an address in a metric");
+}
