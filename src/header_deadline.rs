@@ -12,14 +12,14 @@
 //! bytes is cut at its next read past the deadline. So the hot path costs a clock read per
 //! read, no timer-wheel work.
 //!
-//! A new connection is handed to Pingora only once its first bytes have arrived (or closed
-//! when none come within `header_timeout`: one timer per connection, none per request). When a
-//! stop or upgrade begins, Pingora drops every connection still waiting for its request; a
-//! connection accepted a moment before, whose request was on its way, would be closed
-//! unanswered. Waiting for the first bytes here, where no stop interrupts, closes that window
-//! for a request whose headers arrive in one piece (as clients and nginx send them): they are
-//! already readable when Pingora starts to read. Headers trickling in over several segments
-//! can still be cut by a stop.
+//! A new connection is handed to Pingora only once its first request's headers have arrived
+//! whole (or closed when they do not within `header_timeout`: one timer per connection, none
+//! per request). When a stop or upgrade begins, Pingora drops every connection still waiting
+//! for its request, even one accepted a moment before whose headers were on their way, or half
+//! in. Reading them here, where no stop interrupts, closes that window: Pingora then finds the
+//! headers already read (kept in [`DeadlineStream`] and given back to its first reads), and a
+//! request it can read at once is always answered. A keep-alive connection's later requests are
+//! Pingora's own to read; a stopping gateway closes those connections after each response.
 
 use async_trait::async_trait;
 use memchr::memmem;
@@ -33,7 +33,11 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// Bytes of a first request read ahead at most; past this (headers that large are refused
+/// anyway) Pingora reads the rest, under the same deadline.
+const READ_AHEAD_LIMIT: usize = 64 * 1024;
 
 /// A server app whose connections have a header deadline.
 pub struct WithHeaderDeadline<A> {
@@ -51,8 +55,8 @@ impl<A> WithHeaderDeadline<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let mut stream = DeadlineStream::new(stream, self.timeout);
-        let first_bytes = tokio::time::timeout(self.timeout, stream.try_peek(&mut [0; 1])).await;
-        if !matches!(first_bytes, Ok(Ok(_))) {
+        let headers = tokio::time::timeout(self.timeout, stream.read_first_headers()).await;
+        if !matches!(headers, Ok(Ok(true))) {
             return None;
         }
         self.inner.process_new(Box::new(stream), shutdown).await
@@ -74,13 +78,60 @@ pub struct DeadlineStream {
     tail: [u8; 3],
     /// A response was written: the next read starts the next request's headers.
     rearm: bool,
+    /// Bytes read ahead (the first request's headers), given back to the next reads first.
+    read_ahead: Vec<u8>,
+    /// How much of `read_ahead` has been given back.
+    given_back: usize,
 }
 
 impl DeadlineStream {
     pub fn new(inner: Stream, timeout: Duration) -> Self {
-        let mut stream = DeadlineStream { inner, timeout, deadline: None, tail: [0; 3], rearm: false };
+        let mut stream = DeadlineStream {
+            inner,
+            timeout,
+            deadline: None,
+            tail: [0; 3],
+            rearm: false,
+            read_ahead: Vec::new(),
+            given_back: 0,
+        };
         stream.arm();
         stream
+    }
+
+    /// Reads until the first request's headers are complete, keeping what was read for the next
+    /// reads. Stops early, to let Pingora answer at once, on what cannot be a request (see
+    /// [`cannot_be_a_head`]), past `READ_AHEAD_LIMIT`, or when the client stops sending. False if
+    /// it sent nothing at all.
+    async fn read_first_headers(&mut self) -> std::io::Result<bool> {
+        let mut read = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while self.deadline.is_some() && read.len() < READ_AHEAD_LIMIT {
+            let n = self.read(&mut chunk).await?;
+            read.extend_from_slice(&chunk[..n]);
+            if n == 0 || cannot_be_a_head(&read) {
+                break;
+            }
+        }
+        let sent = !read.is_empty();
+        self.read_ahead = read;
+        Ok(sent)
+    }
+
+    /// Puts what is left of the read-ahead bytes into `buf`; false when none are left.
+    fn give_back(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let left = &self.read_ahead[self.given_back..];
+        if left.is_empty() {
+            return false;
+        }
+        let n = left.len().min(buf.remaining());
+        buf.put_slice(&left[..n]);
+        self.given_back += n;
+        if self.given_back == self.read_ahead.len() {
+            self.read_ahead = Vec::new();
+            self.given_back = 0;
+        }
+        true
     }
 
     fn arm(&mut self) {
@@ -112,6 +163,14 @@ fn headers_end_in(tail: &mut [u8; 3], bytes: &[u8]) -> bool {
     false
 }
 
+/// Whether `bytes` cannot begin a request head however much more comes (RFC 9112): a control
+/// byte other than CR, LF and tab anywhere, or a byte beyond ASCII in the request line.
+fn cannot_be_a_head(bytes: &[u8]) -> bool {
+    let control = |b: u8| (b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t')) || b == 0x7f;
+    let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    bytes.iter().any(|&b| control(b)) || first_line.iter().any(|&b| b >= 0x80)
+}
+
 /// Whether a write starts a final response (not a `100 Continue`), after which the connection
 /// waits for the next request. Known gap: an upstream that answers before the request body has
 /// been read whole (an early 413, say) re-arms the deadline while body reads remain; they then
@@ -128,6 +187,10 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        // Bytes read ahead were scanned for the end of the headers when they were read.
+        if this.give_back(buf) {
+            return Poll::Ready(Ok(()));
+        }
         if this.rearm {
             this.arm();
         }
@@ -209,6 +272,12 @@ impl GetSocketDigest for DeadlineStream {
 #[async_trait]
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        let left = &self.read_ahead[self.given_back..];
+        if !left.is_empty() {
+            let n = left.len().min(buf.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            return Ok(true);
+        }
         self.inner.try_peek(buf).await
     }
 }
@@ -244,6 +313,15 @@ mod tests {
             }
             proptest::prop_assert_eq!(found, whole);
         }
+    }
+
+    #[test]
+    fn what_cannot_begin_a_request_is_told_apart_early() {
+        assert!(!cannot_be_a_head(b"POST /ingest HTTP/1.1\r\nHost: t\r\nX-Name: caf\xc3\xa9\r\n"));
+        assert!(!cannot_be_a_head(b"\r\nGET / HTT"));
+        assert!(cannot_be_a_head(b"GET /\x00 HTTP/1.1\r\n"));
+        assert!(cannot_be_a_head(b"\xde\xdb\x80*pD"));
+        assert!(cannot_be_a_head(b"GET / HTTP/1.1\r\nX: \x7f"));
     }
 
     #[test]

@@ -128,6 +128,25 @@ fn a_graceful_upgrade_under_steady_load_fails_no_request() {
 }
 
 #[test]
+fn headers_trickling_in_across_a_stop_are_answered() {
+    let (_redis, upstream, mut gateway) = stopping_slowly("slow-key");
+    // Half the headers before the stop, the rest after it, as a slow client on a bad network.
+    let mut slow = Connection::open(gateway.addr).unwrap();
+    let head = "POST /ingest HTTP/1.1\r\nHost: t\r\nX-ApiKey: slow-key\r\nContent-Length: 2\r\n\r\n{}";
+    let (first, rest) = head.split_at(30);
+    slow.stream().write_all(first.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    gateway.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    slow.stream().write_all(rest.as_bytes()).unwrap();
+    let response = slow.read_response().unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(upstream.count(), 1);
+    let status = gateway.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "exited with {status:?}");
+}
+
+#[test]
 fn the_shipped_systemd_unit_passes_systemd_analyze_verify() {
     let unit =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/keygate.service")).unwrap();
