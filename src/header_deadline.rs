@@ -3,8 +3,8 @@
 //! Pingora reads request headers with a timeout per read and no overall deadline (its issue
 //! #447): a client sending one byte just inside each timeout holds a connection for as long as
 //! it likes. keygate wraps every accepted connection in a [`DeadlineStream`] whose reads fail
-//! once `header_timeout` has passed without the end of the headers (`\r\n\r\n`) having
-//! arrived. The deadline is armed when a connection opens and again after each response, so a
+//! once `header_timeout` has passed without the end of the headers (a blank line, see
+//! [`HeadEnd`]) having arrived. The deadline is armed when a connection opens and again after each response, so a
 //! keep-alive connection gets one deadline per request; request bodies are not under it (a
 //! slow upload is legitimate, and read timeouts cover it).
 //!
@@ -18,25 +18,26 @@
 //! for its request, even one accepted a moment before whose headers were on their way, or half
 //! in. Reading them here, where no stop interrupts, closes that window: Pingora then finds the
 //! headers already read (kept in [`DeadlineStream`] and given back to its first reads), and a
-//! request it can read at once is always answered. A keep-alive connection's later requests are
-//! Pingora's own to read; a stopping gateway closes those connections after each response.
+//! request it can read at once is always answered. Bytes that cannot begin a request go to
+//! Pingora at once, to be refused there. A keep-alive connection's later requests are Pingora's
+//! own to read; a stopping gateway closes those connections after each response.
 
 use async_trait::async_trait;
-use memchr::memmem;
 use pingora::apps::ServerApp;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-/// Bytes of a first request read ahead at most; past this (headers that large are refused
-/// anyway) Pingora reads the rest, under the same deadline.
+/// Bytes of a first request read ahead at most. Past this Pingora reads the rest of the headers
+/// itself (up to its own limit, 1 MiB), under the same deadline but without the protection
+/// against a stop.
 const READ_AHEAD_LIMIT: usize = 64 * 1024;
 
 /// A server app whose connections have a header deadline.
@@ -74,14 +75,17 @@ pub struct DeadlineStream {
     timeout: Duration,
     /// Armed while headers are being read; `None` once they are complete.
     deadline: Option<Instant>,
-    /// The last bytes read, to find `\r\n\r\n` split across reads.
-    tail: [u8; 3],
+    /// Where the headers being read end.
+    head_end: HeadEnd,
     /// A response was written: the next read starts the next request's headers.
     rearm: bool,
     /// Bytes read ahead (the first request's headers), given back to the next reads first.
     read_ahead: Vec<u8>,
     /// How much of `read_ahead` has been given back.
     given_back: usize,
+    /// Whether `read_ahead` was scanned for the end of the headers under the current deadline
+    /// (it was, when read); bytes given back after a response armed a new one are scanned then.
+    read_ahead_scanned: bool,
 }
 
 impl DeadlineStream {
@@ -90,31 +94,35 @@ impl DeadlineStream {
             inner,
             timeout,
             deadline: None,
-            tail: [0; 3],
+            head_end: HeadEnd::default(),
             rearm: false,
             read_ahead: Vec::new(),
             given_back: 0,
+            read_ahead_scanned: false,
         };
         stream.arm();
         stream
     }
 
     /// Reads until the first request's headers are complete, keeping what was read for the next
-    /// reads. Stops early, to let Pingora answer at once, on what cannot be a request (see
-    /// [`cannot_be_a_head`]), past `READ_AHEAD_LIMIT`, or when the client stops sending. False if
-    /// it sent nothing at all.
+    /// reads. Stops early, to let Pingora deal with it at once, on what cannot be a request (see
+    /// [`Shape`]), past `READ_AHEAD_LIMIT`, or when the client stops sending. False if it sent
+    /// nothing at all.
     async fn read_first_headers(&mut self) -> std::io::Result<bool> {
         let mut read = Vec::new();
         let mut chunk = [0u8; 4096];
+        let mut shape = Shape::Blank;
         while self.deadline.is_some() && read.len() < READ_AHEAD_LIMIT {
             let n = self.read(&mut chunk).await?;
             read.extend_from_slice(&chunk[..n]);
-            if n == 0 || cannot_be_a_head(&read) {
+            shape = shape.after(&chunk[..n]);
+            if n == 0 || shape == Shape::NotARequest {
                 break;
             }
         }
         let sent = !read.is_empty();
         self.read_ahead = read;
+        self.read_ahead_scanned = true;
         Ok(sent)
     }
 
@@ -136,39 +144,85 @@ impl DeadlineStream {
 
     fn arm(&mut self) {
         self.deadline = Some(Instant::now() + self.timeout);
-        self.tail = [0; 3];
+        self.head_end = HeadEnd::default();
         self.rearm = false;
+        self.read_ahead_scanned = false;
     }
 }
 
-/// Whether `bytes`, following the three in `tail`, contain the end of the headers; `tail`
-/// keeps the last three bytes for the next read. A SIMD search (memchr): the scan ran at 2% of
-/// the proxy's CPU when it went byte by byte.
-fn headers_end_in(tail: &mut [u8; 3], bytes: &[u8]) -> bool {
-    const END: &[u8] = b"\r\n\r\n";
-    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(END));
-    // An end split across reads lies within the tail and the first three new bytes.
-    let head = bytes.len().min(3);
-    let mut joint = [0u8; 6];
-    joint[..3].copy_from_slice(tail);
-    joint[3..3 + head].copy_from_slice(&bytes[..head]);
-    if FINDER.find(&joint[..3 + head]).is_some() || FINDER.find(bytes).is_some() {
-        return true;
-    }
-    let last_three = match bytes.len() {
-        0..3 => &joint[head..head + 3],
-        n => &bytes[n - 3..],
-    };
-    tail.copy_from_slice(last_three);
-    false
+/// Finds where a request's headers end, across reads: at a blank line, CRLF CRLF or bare LFs
+/// (which Pingora's parser, httparse, accepts too), not counting blank lines before the request
+/// line (which it skips). It looks at each LF (memchr: a byte-by-byte scan ran at 2% of the
+/// proxy's CPU), a dozen or so per request.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeadEnd {
+    /// A byte other than CR and LF has come: blank lines before it are no end.
+    started: bool,
+    /// The last two bytes scanned, for an end split across reads.
+    tail: [u8; 2],
 }
 
-/// Whether `bytes` cannot begin a request head however much more comes (RFC 9112): a control
-/// byte other than CR, LF and tab anywhere, or a byte beyond ASCII in the request line.
-fn cannot_be_a_head(bytes: &[u8]) -> bool {
-    let control = |b: u8| (b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t')) || b == 0x7f;
-    let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    bytes.iter().any(|&b| control(b)) || first_line.iter().any(|&b| b >= 0x80)
+impl HeadEnd {
+    fn found_in(&mut self, bytes: &[u8]) -> bool {
+        let bytes = match self.started {
+            true => bytes,
+            false => match bytes.iter().position(|b| !matches!(b, b'\r' | b'\n')) {
+                None => return false,
+                Some(first) => {
+                    self.started = true;
+                    &bytes[first..]
+                }
+            },
+        };
+        // An LF followed by an LF, or by CR LF.
+        let end_in = |window: &[u8]| {
+            memchr::memchr_iter(b'\n', window)
+                .any(|lf| matches!(&window[lf + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
+        };
+        // An end split across reads lies within the tail and the first two new bytes.
+        let head = bytes.len().min(2);
+        let mut joint = [0u8; 4];
+        joint[..2].copy_from_slice(&self.tail);
+        joint[2..2 + head].copy_from_slice(&bytes[..head]);
+        if end_in(&joint[..2 + head]) || end_in(bytes) {
+            return true;
+        }
+        let last_two = match bytes.len() {
+            0..2 => &joint[head..head + 2],
+            n => &bytes[n - 2..],
+        };
+        self.tail.copy_from_slice(last_two);
+        false
+    }
+}
+
+/// What the first bytes of a connection can still be (RFC 9112): blank lines, then a method (a
+/// token) and a space, then the rest of the head, with no control byte but tab, CR and LF.
+/// Anything else is no request, however much more comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Blank,
+    Method,
+    Rest,
+    NotARequest,
+}
+
+impl Shape {
+    fn after(mut self, bytes: &[u8]) -> Shape {
+        let control = |b: u8| (b < 0x20 && !matches!(b, b'\r' | b'\n' | b'\t')) || b == 0x7f;
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        for &byte in bytes {
+            self = match (self, byte) {
+                (Shape::NotARequest, _) => return Shape::NotARequest,
+                (_, b) if control(b) => Shape::NotARequest,
+                (Shape::Blank, b'\r' | b'\n') => Shape::Blank,
+                (Shape::Blank | Shape::Method, b) if token(b) => Shape::Method,
+                (Shape::Method, b' ') | (Shape::Rest, _) => Shape::Rest,
+                _ => Shape::NotARequest,
+            };
+        }
+        self
+    }
 }
 
 /// Whether a write starts a final response (not a `100 Continue`), after which the connection
@@ -187,23 +241,23 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        // Bytes read ahead were scanned for the end of the headers when they were read.
-        if this.give_back(buf) {
-            return Poll::Ready(Ok(()));
-        }
         if this.rearm {
             this.arm();
         }
-        if this.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "request headers not complete within header_timeout_ms",
-            )));
-        }
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = match this.give_back(buf) {
+            true if this.read_ahead_scanned => return Poll::Ready(Ok(())),
+            true => Poll::Ready(Ok(())),
+            false if this.deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request headers not complete within header_timeout_ms",
+                )));
+            }
+            false => Pin::new(&mut this.inner).poll_read(cx, buf),
+        };
         if let Poll::Ready(Ok(())) = read {
-            if this.deadline.is_some() && headers_end_in(&mut this.tail, &buf.filled()[before..]) {
+            if this.deadline.is_some() && this.head_end.found_in(&buf.filled()[before..]) {
                 this.deadline = None;
             }
         }
@@ -271,14 +325,19 @@ impl GetSocketDigest for DeadlineStream {
 
 #[async_trait]
 impl Peek for DeadlineStream {
+    /// A peek fills `buf` whole (as Pingora's own streams do) or says it cannot (`false`): from
+    /// the read-ahead bytes while there are any, else from the socket. keygate's listeners (no
+    /// TLS, no h2c) never peek after the read-ahead.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         let left = &self.read_ahead[self.given_back..];
-        if !left.is_empty() {
-            let n = left.len().min(buf.len());
-            buf[..n].copy_from_slice(&left[..n]);
-            return Ok(true);
+        match left.len() {
+            0 => self.inner.try_peek(buf).await,
+            n if n >= buf.len() => {
+                buf.copy_from_slice(&left[..buf.len()]);
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        self.inner.try_peek(buf).await
     }
 }
 
@@ -288,13 +347,24 @@ mod tests {
 
     #[test]
     fn the_end_of_headers_is_found_across_reads() {
-        let mut tail = [0; 3];
-        assert!(!headers_end_in(&mut tail, b"GET / HTTP/1.1\r\nHost: x\r"));
-        assert!(headers_end_in(&mut tail, b"\n\r\nbody"));
-        let mut tail = [0; 3];
-        assert!(!headers_end_in(&mut tail, b"GET / HTTP/1.1\r\n"));
-        assert!(!headers_end_in(&mut tail, b"X: y\r\n"));
-        assert!(headers_end_in(&mut tail, b"\r\n"));
+        let mut end = HeadEnd::default();
+        assert!(!end.found_in(b"GET / HTTP/1.1\r\nHost: x\r"));
+        assert!(end.found_in(b"\n\r\nbody"));
+        let mut end = HeadEnd::default();
+        assert!(!end.found_in(b"GET / HTTP/1.1\r\n"));
+        assert!(!end.found_in(b"X: y\r\n"));
+        assert!(end.found_in(b"\r\n"));
+        // Bare LFs end headers too, as Pingora's parser reads them.
+        assert!(HeadEnd::default().found_in(b"GET / HTTP/1.0\n\n"));
+        assert!(HeadEnd::default().found_in(b"GET / HTTP/1.0\nX: y\n\r\n"));
+    }
+
+    #[test]
+    fn blank_lines_before_the_request_line_end_nothing() {
+        let mut end = HeadEnd::default();
+        assert!(!end.found_in(b"\r\n\r\n\n\n"));
+        assert!(!end.found_in(b"\r\nGET / HTTP/1.1\r\n"));
+        assert!(end.found_in(b"\r\n"));
     }
 
     proptest::proptest! {
@@ -303,12 +373,16 @@ mod tests {
             bytes in proptest::collection::vec(proptest::sample::select(b"\r\nab".to_vec()), 0..40),
             cuts in proptest::collection::vec(0usize..40, 0..4),
         ) {
-            let whole = bytes.windows(4).any(|w| w == b"\r\n\r\n");
+            let start = bytes.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+            let whole = start.is_some_and(|first| {
+                let head = &bytes[first..];
+                head.windows(2).any(|w| w == b"\n\n") || head.windows(3).any(|w| w == b"\n\r\n")
+            });
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
             cuts.sort();
-            let (mut tail, mut found, mut from) = ([0; 3], false, 0);
+            let (mut end, mut found, mut from) = (HeadEnd::default(), false, 0);
             for to in cuts.into_iter().chain([bytes.len()]) {
-                found |= headers_end_in(&mut tail, &bytes[from..to]);
+                found |= end.found_in(&bytes[from..to]);
                 from = to;
             }
             proptest::prop_assert_eq!(found, whole);
@@ -317,11 +391,15 @@ mod tests {
 
     #[test]
     fn what_cannot_begin_a_request_is_told_apart_early() {
-        assert!(!cannot_be_a_head(b"POST /ingest HTTP/1.1\r\nHost: t\r\nX-Name: caf\xc3\xa9\r\n"));
-        assert!(!cannot_be_a_head(b"\r\nGET / HTT"));
-        assert!(cannot_be_a_head(b"GET /\x00 HTTP/1.1\r\n"));
-        assert!(cannot_be_a_head(b"\xde\xdb\x80*pD"));
-        assert!(cannot_be_a_head(b"GET / HTTP/1.1\r\nX: \x7f"));
+        let shape = |bytes: &[u8]| Shape::Blank.after(bytes);
+        assert_eq!(shape(b"POST /ingest HTTP/1.1\r\nX-Name: caf\xc3\xa9\r\n"), Shape::Rest);
+        assert_eq!(shape(b"GET /caf\xc3\xa9 HTTP/1.1"), Shape::Rest, "Pingora escapes such a target");
+        assert_eq!(shape(b"\r\nGE"), Shape::Method);
+        assert_eq!(Shape::Method.after(b"T / H"), Shape::Rest);
+        assert_eq!(shape(b"\xde\xdb\x80*pD"), Shape::NotARequest);
+        assert_eq!(shape(b"*pD\xd0?;"), Shape::NotARequest, "no method holds a byte beyond ASCII");
+        assert_eq!(shape(b"GET /\x00 HTTP/1.1"), Shape::NotARequest);
+        assert_eq!(shape(b"GET / HTTP/1.1\r\nX: \x7f"), Shape::NotARequest);
     }
 
     #[test]

@@ -199,3 +199,17 @@ fn slowloris_connections_are_cut_at_the_header_deadline_and_cost_others_nothing(
     }
     assert_eq!(upload.read_response().unwrap().text(), r#"{"app":"acme","bytes":20}"#);
 }
+
+#[test]
+fn requests_with_bare_line_feeds_or_leading_blank_lines_are_answered() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("lf-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    // Pingora's parser takes bare LFs and skips blank lines before the request line; so must
+    // the read-ahead that waits for whole headers, or these wait out the header deadline.
+    let bare = raw(gateway.addr, b"GET /ingest HTTP/1.0\nX-ApiKey: lf-key\n\n");
+    assert_eq!(status_of(&bare), Some(200), "{bare}");
+    let blank_first = raw(gateway.addr, b"\r\n\r\nGET /ingest HTTP/1.0\r\nX-ApiKey: lf-key\r\n\r\n");
+    assert_eq!(status_of(&blank_first), Some(200), "{blank_first}");
+    assert_eq!(upstream.count(), 2);
+}
