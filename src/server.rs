@@ -92,9 +92,7 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let ours =
-            std::fs::read_to_string(&self.0).is_ok_and(|pid| pid.trim() == std::process::id().to_string());
-        if ours {
+        if pid_in(&self.0) == Some(std::process::id()) {
             let _ = std::fs::remove_file(&self.0);
         }
     }
@@ -103,10 +101,7 @@ impl Drop for PidFile {
 /// A start that is not an upgrade refuses to run beside the keygate `pid_file` names: it would
 /// fail to bind its listeners anyway, after taking the file from the process that serves.
 fn refuse_if_running(path: &Path) -> anyhow::Result<()> {
-    let Some(pid) = std::fs::read_to_string(path).ok().and_then(|text| text.trim().parse::<u32>().ok())
-    else {
-        return Ok(());
-    };
+    let Some(pid) = pid_in(path) else { return Ok(()) };
     let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     match command.trim() == "keygate" && pid != std::process::id() {
         true => anyhow::bail!(
@@ -115,6 +110,11 @@ fn refuse_if_running(path: &Path) -> anyhow::Result<()> {
         ),
         false => Ok(()),
     }
+}
+
+/// The pid a pid file holds, if it is there and holds one.
+fn pid_in(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn add_listener<A>(service: &mut Service<A>, listener: &Listener) {
