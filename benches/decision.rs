@@ -4,13 +4,12 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use keygate::cache::KeyCache;
 use keygate::config::{CacheConfig, Rate};
 use keygate::extract::{Extracted, KeyExtractor, KeySource};
-use keygate::filter::{Bloom, FilterConfig, KeyFilter};
+use keygate::filter::{Bloom, FilterConfig};
 use keygate::key::ApiKey;
 use keygate::limit::IpLimiter;
-use keygate::lookup::{KeyLookup, Verdict};
+use keygate::lookup::{KeyLookup, LookupSettings, Verdict};
 use keygate::metrics::Metrics;
 use keygate::store::memory::MemoryStore;
 use keygate::store::KeyRecord;
@@ -18,7 +17,19 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn setup() -> (KeyExtractor, Arc<KeyLookup>) {
+/// The lookup and the settings it runs under.
+struct Lookup {
+    lookup: Arc<KeyLookup>,
+    settings: Arc<LookupSettings>,
+}
+
+impl Lookup {
+    fn cached(&self, id: &keygate::key::KeyId) -> Option<Verdict> {
+        self.lookup.cached(&self.settings, id)
+    }
+}
+
+fn setup() -> (KeyExtractor, Lookup) {
     let extractor = KeyExtractor {
         sources: vec![
             KeySource::Header(HeaderName::from_static("x-apikey")),
@@ -29,34 +40,33 @@ fn setup() -> (KeyExtractor, Arc<KeyLookup>) {
     };
     let store = Arc::new(MemoryStore::default());
     store.insert(ApiKey::from_cli("bench-known-key-0001").id(), KeyRecord::active("bench"));
-    let cache = KeyCache::new(&CacheConfig {
+    let cache = CacheConfig {
         capacity: 100_000,
         negative_capacity: 100_000,
         ttl: Duration::from_secs(3600),
         negative_ttl: Duration::from_secs(3600),
         stale: Duration::from_secs(3600),
-    });
+    };
     // A rate no benchmark loop reaches, so every check is the allowed path.
-    let rate = Rate { per_second: 1e9, burst: 1_000_000_000 };
-    let lookup = Arc::new(KeyLookup::new(
-        cache,
-        KeyFilter::new(FilterConfig::default()),
+    let default_rate = Rate { per_second: 1e9, burst: 1_000_000_000 };
+    let lookup = Arc::new(KeyLookup::new(&cache, FilterConfig::default(), Arc::new(Metrics::new())));
+    let settings = Arc::new(LookupSettings {
         store,
-        Duration::from_secs(1),
-        64,
-        rate,
-        Arc::new(Metrics::new()),
-    ));
+        timeout: Duration::from_secs(1),
+        max_inflight: 64,
+        default_rate,
+        cache,
+    });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        lookup.fetch(ApiKey::from_cli("bench-known-key-0001").id()).await.unwrap();
-        lookup.fetch(ApiKey::from_cli("bench-unknown-key-01").id()).await.unwrap();
+        lookup.fetch(&settings, ApiKey::from_cli("bench-known-key-0001").id()).await.unwrap();
+        lookup.fetch(&settings, ApiKey::from_cli("bench-unknown-key-01").id()).await.unwrap();
     });
-    (extractor, lookup)
+    (extractor, Lookup { lookup, settings })
 }
 
 /// The whole decision for one request's headers; true when it would be forwarded.
-fn decide(extractor: &KeyExtractor, lookup: &Arc<KeyLookup>, headers: &HeaderMap) -> bool {
+fn decide(extractor: &KeyExtractor, lookup: &Lookup, headers: &HeaderMap) -> bool {
     let Extracted::Key(key) = extractor.extract(headers, None) else { return false };
     match lookup.cached(&key.id()) {
         Some(Verdict::Known(grant)) => grant.is_enabled() && grant.limiter.check().is_ok(),

@@ -3,8 +3,8 @@
 
 use keygate::cache::KeyCache;
 use keygate::config::{CacheConfig, Rate};
+use keygate::grant::Grant;
 use keygate::key::ApiKey;
-use keygate::limit::Grant;
 use keygate::store::KeyRecord;
 use std::sync::Arc;
 use std::time::Duration;

@@ -37,6 +37,7 @@ impl Admin {
         metrics.filter_age_seconds.set(age);
         metrics.filter_trusted.set(gateway.lookup.filter.is_trusted() as i64);
         metrics.ip_limiter_addresses.set(gateway.settings.load().ip_limiter.len() as i64);
+        metrics.store_in_flight.set(gateway.lookup.queries_running() as i64);
         // Reset first, so a peer removed by a reload leaves no series behind.
         metrics.upstream_healthy.reset();
         for (peer, healthy) in gateway.upstreams.health() {
@@ -46,7 +47,8 @@ impl Admin {
     }
 
     async fn readiness(&self) -> Result<(), &'static str> {
-        let ping = tokio::time::timeout(READY_PING_TIMEOUT, self.gateway.lookup.store().ping()).await;
+        let store = Arc::clone(&self.gateway.settings.load().lookup.store);
+        let ping = tokio::time::timeout(READY_PING_TIMEOUT, store.ping()).await;
         if !matches!(ping, Ok(Ok(()))) {
             return Err("key store unreachable");
         }

@@ -38,7 +38,9 @@ impl ServeHttp for AuthApp {
             request.headers.get("x-original-uri").and_then(|v| v.to_str().ok()?.parse().ok());
         let query = original.as_ref().map_or(request.uri.query(), |uri| uri.query());
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let decision = decide(&self.gateway, &RequestFacts { headers: &request.headers, query, peer }).await;
+        let settings = self.gateway.settings.load_full();
+        let facts = RequestFacts { headers: &request.headers, query, peer };
+        let decision = decide(&self.gateway, &settings, &facts).await;
         if !drain(session).await || self.gateway.is_draining() {
             session.set_keepalive(None);
         }
@@ -55,7 +57,7 @@ impl ServeHttp for AuthApp {
         self.gateway.metrics.request(outcome, elapsed);
         if let Some(log) = &self.gateway.access_log {
             let request = session.req_header();
-            let client = self.gateway.settings.load().client_address.resolve(
+            let client = settings.client_address.resolve(
                 peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
                 &request.headers,
             );

@@ -1,4 +1,4 @@
-//! Stage 2a of the request path: what the cache says about a key id.
+//! What the cache says about a key id: the first place a lookup ([`crate::lookup`]) asks.
 //!
 //! Known and unknown keys are held in two separate bounded caches, so a flood of unknown keys
 //! can only evict other unknown keys, never a known one. A known entry is fresh for `ttl` (less
@@ -9,8 +9,9 @@
 //! The hit path takes no lock of ours and allocates nothing: quick_cache's shard lookup and an
 //! `Arc` clone.
 
+use crate::config::CacheConfig;
+use crate::grant::Grant;
 use crate::key::KeyId;
-use crate::limit::Grant;
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,43 +55,38 @@ pub struct KeyCache {
     unknown: Cache<KeyId, Stamp>,
     /// What stamps count from.
     origin: Instant,
-    /// The TTLs, in nanoseconds: atomics so a reload can change them under running requests.
-    ttl: AtomicDuration,
-    negative_ttl: AtomicDuration,
-    stale: AtomicDuration,
     /// Bumped when every known entry must be confirmed again, e.g. after announcements may have
     /// been missed; entries of an older epoch are served stale until refreshed.
     epoch: AtomicU64,
 }
 
 impl KeyCache {
-    pub fn new(config: &crate::config::CacheConfig) -> Self {
+    /// A cache of `config`'s capacities (they cannot change while it runs; its durations can).
+    pub fn new(config: &CacheConfig) -> Self {
         KeyCache {
             known: Cache::new(config.capacity),
             unknown: Cache::new(config.negative_capacity),
             origin: Instant::now(),
-            ttl: AtomicDuration::new(config.ttl),
-            negative_ttl: AtomicDuration::new(config.negative_ttl),
-            stale: AtomicDuration::new(config.stale),
             epoch: AtomicU64::new(0),
         }
     }
 
-    pub fn get(&self, id: &KeyId) -> Cached {
+    /// What the cache says about `id`, judged by the durations of `config` (the settings now
+    /// in force: a reload applies to entries already cached).
+    pub fn get(&self, id: &KeyId, config: &CacheConfig) -> Cached {
         let now = self.now();
         if let Some(known) = self.known.get(id) {
             let age = since(known.verified, now);
-            let ttl = self.ttl.get();
-            if age < Self::ttl_of(id, ttl) && known.epoch == self.epoch.load(Ordering::Relaxed) {
+            if age < Self::ttl_of(id, config.ttl) && known.epoch == self.epoch.load(Ordering::Relaxed) {
                 return Cached::Fresh(known.grant);
             }
-            if age < ttl + self.stale.get() {
+            if age < config.ttl + config.stale {
                 return Cached::Stale { grant: known.grant, refresh: now >= known.retry_at };
             }
             return Cached::Miss;
         }
         match self.unknown.get(id) {
-            Some(at) if since(at, now) < self.negative_ttl.get() => Cached::Unknown,
+            Some(at) if since(at, now) < config.negative_ttl => Cached::Unknown,
             _ => Cached::Miss,
         }
     }
@@ -176,14 +172,6 @@ impl KeyCache {
         self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A reload's new TTLs; entries already cached are judged by them from now on. Capacities
-    /// cannot change without a restart.
-    pub fn set_ttls(&self, config: &crate::config::CacheConfig) {
-        self.ttl.set(config.ttl);
-        self.negative_ttl.set(config.negative_ttl);
-        self.stale.set(config.stale);
-    }
-
     fn now(&self) -> Stamp {
         Instant::now().saturating_duration_since(self.origin).as_nanos() as Stamp
     }
@@ -200,23 +188,6 @@ impl KeyCache {
 /// The time from `earlier` to `later`, none if `later` is not after it.
 fn since(earlier: Stamp, later: Stamp) -> Duration {
     Duration::from_nanos(later.saturating_sub(earlier))
-}
-
-/// A duration that can be read and replaced without a lock.
-struct AtomicDuration(AtomicU64);
-
-impl AtomicDuration {
-    fn new(value: Duration) -> Self {
-        AtomicDuration(AtomicU64::new(value.as_nanos().min(u64::MAX as u128) as u64))
-    }
-
-    fn get(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
-    }
-
-    fn set(&self, value: Duration) {
-        self.0.store(value.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use crate::answer::Rejection;
 use crate::client_ip::limit_key;
 use crate::extract::Extracted;
 use crate::gateway::Gateway;
-use crate::limit::Grant;
+use crate::grant::Grant;
 use crate::lookup::{LookupError, Verdict};
+use crate::settings::Settings;
 use http::HeaderMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -22,22 +23,25 @@ pub struct RequestFacts<'a> {
     pub peer: Option<IpAddr>,
 }
 
-/// The grant to forward the request under, or why not.
-pub async fn decide(gateway: &Gateway, request: &RequestFacts<'_>) -> Result<Arc<Grant>, Rejection> {
-    let settings = gateway.settings.load();
+/// The grant to forward the request under, or why not, by the `settings` the request loaded.
+pub async fn decide(
+    gateway: &Gateway,
+    settings: &Settings,
+    request: &RequestFacts<'_>,
+) -> Result<Arc<Grant>, Rejection> {
     let client = || {
         let peer = request.peer.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         limit_key(settings.client_address.resolve(peer, request.headers))
     };
     // Requests without a usable key are charged to their client's address.
     let charge = || settings.ip_limiter.check(client()).map_err(Rejection::RateLimited);
-    let id = match settings.api_key.extract(request.headers, request.query) {
+    let id = match settings.config.api_key.extract(request.headers, request.query) {
         Extracted::Key(key) => key.id(),
         Extracted::Missing => return Err(charge().err().unwrap_or(Rejection::MissingKey)),
         Extracted::Malformed => return Err(charge().err().unwrap_or(Rejection::MalformedKey)),
     };
-    let lookup = &gateway.lookup;
-    let (verdict, charged) = match lookup.cached(&id) {
+    let (lookup, stored) = (&gateway.lookup, &settings.lookup);
+    let (verdict, charged) = match lookup.cached(stored, &id) {
         Some(verdict) => (verdict, false),
         None if lookup.filter_excludes(&id) => (Verdict::Unknown, false),
         None => {
@@ -52,7 +56,7 @@ pub async fn decide(gateway: &Gateway, request: &RequestFacts<'_>) -> Result<Arc
             } else {
                 settings.ip_limiter.refusing(client()).map_err(Rejection::RateLimited)?;
             }
-            let verdict = lookup.fetch(id).await.map_err(|e| match e {
+            let verdict = lookup.fetch(stored, id).await.map_err(|e| match e {
                 LookupError::Unavailable => Rejection::StoreUnavailable,
                 LookupError::Overloaded => Rejection::Overloaded,
             })?;

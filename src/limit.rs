@@ -7,8 +7,6 @@
 //! charge whether it has refused the address (see `decide`).
 
 use crate::config::Rate;
-use crate::store::record::unix_now;
-use crate::store::KeyRecord;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
@@ -17,7 +15,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A refusal by a limiter: what the 429's `Retry-After` and `RateLimit-*` headers say.
@@ -61,7 +59,7 @@ impl Clock for ProcessClock {
 
 /// One key's limiter and the rate it was built for.
 pub struct KeyLimiter {
-    rate: Rate,
+    pub(crate) rate: Rate,
     limiter: RateLimiter<NotKeyed, InMemoryState, ProcessClock, NoOpMiddleware<Nanos>>,
 }
 
@@ -74,44 +72,6 @@ impl KeyLimiter {
         self.limiter
             .check()
             .map_err(|until| Limited::after(until.wait_time_from(ProcessClock.now()), self.rate))
-    }
-}
-
-/// A known key as requests see it: its app, until when it may be used, and its limiter. Shared
-/// by every request that uses the key, and one allocation per cached key.
-pub struct Grant {
-    /// The tenant, sent upstream as `X-Keygate-App`.
-    pub app: Arc<str>,
-    /// See [`KeyRecord::usable_until`].
-    usable_until: u64,
-    pub limiter: KeyLimiter,
-}
-
-impl Grant {
-    /// The grant for a freshly fetched record: `previous` itself when the record brings nothing
-    /// new, so a refresh never hands a key a fresh burst. A changed record starts a new limiter.
-    pub fn for_record(record: &KeyRecord, default: Rate, previous: Option<&Arc<Grant>>) -> Arc<Grant> {
-        let rate = Rate {
-            per_second: record.rate.unwrap_or(default.per_second),
-            burst: record.burst.unwrap_or(default.burst),
-        };
-        let usable_until = record.usable_until();
-        match previous {
-            Some(p) if p.app == record.app && p.usable_until == usable_until && p.limiter.rate == rate => {
-                Arc::clone(p)
-            }
-            _ => {
-                Arc::new(Grant { app: Arc::clone(&record.app), usable_until, limiter: KeyLimiter::new(rate) })
-            }
-        }
-    }
-
-    /// Whether the key may be used now: active and not expired.
-    pub fn is_enabled(&self) -> bool {
-        match self.usable_until {
-            u64::MAX => true,
-            until => unix_now() < until,
-        }
     }
 }
 
@@ -202,30 +162,6 @@ mod tests {
         let fast = KeyLimiter::new(Rate { per_second: 1000.0, burst: 1 });
         assert!(fast.check().is_ok());
         assert_eq!(fast.check(), Err(Limited { retry_after: 1, burst: 1 }));
-    }
-
-    #[test]
-    fn a_refresh_keeps_the_grant_and_its_limiter_unless_the_record_changed() {
-        let default = Rate { per_second: 1.0, burst: 1 };
-        let first = Grant::for_record(&KeyRecord::active("a"), default, None);
-        assert!(first.limiter.check().is_ok());
-        let same = Grant::for_record(&KeyRecord::active("a"), default, Some(&first));
-        assert!(Arc::ptr_eq(&first, &same));
-        assert!(same.limiter.check().is_err());
-        let record = KeyRecord { burst: Some(5), ..KeyRecord::active("a") };
-        let changed = Grant::for_record(&record, default, Some(&same));
-        assert!(!Arc::ptr_eq(&same, &changed));
-        assert!(changed.limiter.check().is_ok());
-    }
-
-    #[test]
-    fn a_grant_is_enabled_while_active_and_unexpired() {
-        let default = Rate { per_second: 1.0, burst: 1 };
-        let grant = |record: KeyRecord| Grant::for_record(&record, default, None).is_enabled();
-        assert!(grant(KeyRecord::active("a")));
-        assert!(grant(KeyRecord { expires: Some(unix_now() + 60), ..KeyRecord::active("a") }));
-        assert!(!grant(KeyRecord { expires: Some(unix_now() - 1), ..KeyRecord::active("a") }));
-        assert!(!grant(KeyRecord { status: "revoked".into(), ..KeyRecord::active("a") }));
     }
 
     #[test]

@@ -1,26 +1,32 @@
-//! Stage 2 of the request path: a key id's verdict, from the cache or else from the store.
+//! Stage 2 of the request path: a key id's verdict, from the cache ([`crate::cache`]), else the
+//! membership filter ([`crate::filter`]), else the store ([`crate::store`]).
 //!
-//! This is where the contract's store guarantees live:
-//! - one store query per key id in flight per process; concurrent requests wait for its answer;
-//! - at most `max_inflight` queries at once; beyond that a lookup is shed as `Overloaded`;
+//! This is where the store guarantees live:
+//! - one store query per key id in flight per process; concurrent requests wait for its answer
+//!   ([`flights`]);
+//! - at most `max_inflight` queries at once; beyond that a lookup is shed as `Overloaded`
+//!   ([`admission`]);
 //! - every query is bounded by `timeout`, and an error or timeout is never cached as unknown;
 //! - an announcement that arrives while a query is in flight (or before its answer is written)
 //!   makes the answer doubtful: it is returned to the requests that asked, but not remembered;
 //! - a key id outside the trusted membership filter ([`crate::filter`]) is unknown without a
 //!   query, but only while the store is answering: during an outage every uncached key is a 503.
 
+pub mod admission;
+pub mod flights;
+
 use crate::cache::{Cached, KeyCache};
-use crate::config::Rate;
-use crate::filter::KeyFilter;
+use crate::config::{CacheConfig, Config, Rate};
+use crate::filter::{FilterConfig, KeyFilter};
+use crate::grant::{AppNames, Grant};
 use crate::key::KeyId;
-use crate::limit::Grant;
 use crate::metrics::{CacheResult, Metrics, StoreResult};
 use crate::store::KeyStore;
-use std::collections::HashMap;
+use admission::Admission;
+use flights::Flights;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OnceCell, Semaphore};
 
 /// What the store (or the cache on its behalf) says about a key.
 #[derive(Clone)]
@@ -38,8 +44,6 @@ pub enum LookupError {
     Overloaded,
 }
 
-type Flight = Arc<OnceCell<Result<Verdict, LookupError>>>;
-
 /// An invalidation, as announced on `{prefix}invalidate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Announcement {
@@ -47,104 +51,79 @@ pub enum Announcement {
     Everything,
 }
 
+/// What a lookup reads from the settings snapshot: the store and how to use it.
+pub struct LookupSettings {
+    pub store: Arc<dyn KeyStore>,
+    /// A query slower than this is a store error, never an "unknown".
+    pub timeout: Duration,
+    /// Store queries in flight at once, at most.
+    pub max_inflight: usize,
+    /// The per-key limit for records that set none; read when a record is fetched, never on
+    /// the hit path.
+    pub default_rate: Rate,
+    /// How long cached answers are believed (the capacities are the cache's own).
+    pub cache: CacheConfig,
+}
+
+impl LookupSettings {
+    pub fn new(config: &Config, store: Arc<dyn KeyStore>) -> Self {
+        LookupSettings {
+            store,
+            timeout: config.store.timeout,
+            max_inflight: config.store.max_inflight,
+            default_rate: config.rate_limit.per_key,
+            cache: config.cache.clone(),
+        }
+    }
+}
+
+/// The lookup's runtime state: what is cached, what is in flight, what was announced. Its
+/// settings come with each call, from the snapshot the request loaded.
 pub struct KeyLookup {
     pub cache: KeyCache,
     pub filter: KeyFilter,
     /// Whether the last store query got an answer; the filter only rejects while it did.
     store_answering: AtomicBool,
-    /// Replaced when a reload points at another store.
-    store: RwLock<Arc<dyn KeyStore>>,
-    /// `timeout` in milliseconds; a reload may change it.
-    timeout_ms: AtomicU64,
-    permits: Arc<Semaphore>,
-    /// The permits `permits` was sized to (`max_inflight`), so a reload can resize it.
-    max_inflight: Mutex<usize>,
-    /// The query in flight for each key id, shared by everyone who asks meanwhile.
-    flights: Mutex<HashMap<KeyId, Flight>>,
+    flights: Flights<Result<Verdict, LookupError>>,
+    admission: Admission,
     /// Counts announcements, so a query can tell whether one arrived while it was in flight.
     announcements: AtomicU64,
-    /// The per-key limit for records that set none; read when a record is fetched, never on
-    /// the hit path.
-    default_rate: RwLock<Rate>,
+    apps: AppNames,
     metrics: Arc<Metrics>,
-    /// One shared copy of each app name: many keys belong to one app, and a cached key's
-    /// memory is mostly its record.
-    apps: Mutex<AppNames>,
 }
 
 impl KeyLookup {
-    pub fn new(
-        cache: KeyCache,
-        filter: KeyFilter,
-        store: Arc<dyn KeyStore>,
-        timeout: Duration,
-        max_inflight: usize,
-        default_rate: Rate,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(cache: &CacheConfig, filter: FilterConfig, metrics: Arc<Metrics>) -> Self {
         KeyLookup {
-            cache,
-            filter,
+            cache: KeyCache::new(cache),
+            filter: KeyFilter::new(filter),
             store_answering: AtomicBool::new(true),
-            store: RwLock::new(store),
-            timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
-            permits: Arc::new(Semaphore::new(max_inflight)),
-            max_inflight: Mutex::new(max_inflight),
-            flights: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
+            admission: Admission::default(),
             announcements: AtomicU64::new(0),
-            default_rate: RwLock::new(default_rate),
+            apps: AppNames::default(),
             metrics,
-            apps: Mutex::new(AppNames::default()),
         }
     }
 
-    /// The store now in use.
-    pub fn store(&self) -> Arc<dyn KeyStore> {
-        Arc::clone(&self.store.read().unwrap_or_else(|e| e.into_inner()))
+    /// Another store took over (a reload): everything learnt from the old one is forgotten,
+    /// and the filter, which describes the old one, rejects nothing until rebuilt.
+    pub fn store_replaced(&self) {
+        self.filter.channel_lost();
+        self.announcements.fetch_add(1, Ordering::SeqCst);
+        self.cache.forget_all();
     }
 
-    /// The same store over a new connection: what was learnt from it stays.
-    pub fn reconnect_store(&self, store: Arc<dyn KeyStore>) {
-        *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
-    }
-
-    /// A reload's store settings: another store (forgetting everything learnt from the old
-    /// one), a new timeout, a new bound on lookups in flight.
-    pub fn set_store(&self, store: Option<Arc<dyn KeyStore>>, timeout: Duration, max_inflight: usize) {
-        if let Some(store) = store {
-            // The filter describes the old store: it rejects nothing until rebuilt from the new.
-            self.filter.channel_lost();
-            *self.store.write().unwrap_or_else(|e| e.into_inner()) = store;
-            self.announcements.fetch_add(1, Ordering::SeqCst);
-            self.cache.forget_all();
-        }
-        self.timeout_ms.store(timeout.as_millis() as u64, Ordering::Relaxed);
-        let mut current = self.max_inflight.lock().unwrap_or_else(|e| e.into_inner());
-        match max_inflight.cmp(&*current) {
-            std::cmp::Ordering::Greater => self.permits.add_permits(max_inflight - *current),
-            std::cmp::Ordering::Less => {
-                // Only free permits can be forgotten at once; the rest are taken, and dropped,
-                // as the lookups holding them finish.
-                let excess = *current - max_inflight;
-                let owed = (excess - self.permits.forget_permits(excess)) as u32;
-                if owed > 0 {
-                    let permits = Arc::clone(&self.permits);
-                    tokio::spawn(async move {
-                        if let Ok(taken) = permits.acquire_many(owed).await {
-                            taken.forget();
-                        }
-                    });
-                }
-            }
-            std::cmp::Ordering::Equal => {}
-        }
-        *current = max_inflight;
+    /// A new default per-key limit (a reload). Known keys are confirmed again in the background
+    /// and pick it up then; a key whose effective limit did not change keeps its limiter state.
+    pub fn default_rate_changed(&self) {
+        self.cache.reconfirm_known();
     }
 
     /// The cache's answer, counted. A stale known key is served as known and refreshed in the
     /// background, so a slow or absent store never delays a key it already vouched for.
-    pub fn cached(self: &Arc<Self>, id: &KeyId) -> Option<Verdict> {
-        match self.cache.get(id) {
+    pub fn cached(self: &Arc<Self>, settings: &Arc<LookupSettings>, id: &KeyId) -> Option<Verdict> {
+        match self.cache.get(id, &settings.cache) {
             Cached::Fresh(grant) => {
                 self.metrics.cache_lookup(CacheResult::Hit);
                 Some(Verdict::Known(grant))
@@ -152,7 +131,7 @@ impl KeyLookup {
             Cached::Stale { grant, refresh } => {
                 self.metrics.cache_lookup(CacheResult::StaleHit);
                 if refresh && self.cache.claim_refresh(id, &grant) {
-                    self.refresh_in_background(*id, Arc::clone(&grant));
+                    self.refresh_in_background(Arc::clone(settings), *id, Arc::clone(&grant));
                 }
                 Some(Verdict::Known(grant))
             }
@@ -167,10 +146,10 @@ impl KeyLookup {
         }
     }
 
-    fn refresh_in_background(self: &Arc<Self>, id: KeyId, stale: Arc<Grant>) {
+    fn refresh_in_background(self: &Arc<Self>, settings: Arc<LookupSettings>, id: KeyId, stale: Arc<Grant>) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            if this.fetch(id).await.is_err() {
+            if this.fetch(&settings, id).await.is_err() {
                 this.cache.postpone_refresh(&id, &stale);
             }
         });
@@ -193,28 +172,22 @@ impl KeyLookup {
     }
 
     /// Asks the store, joining the query already in flight for `id` if there is one.
-    pub async fn fetch(&self, id: KeyId) -> Result<Verdict, LookupError> {
-        let flight = Arc::clone(self.lock_flights().entry(id).or_default());
-        // Leaves the map whether the query finishes or this request is dropped mid-way (then
-        // a waiter, if any, runs the query itself: nobody waits on a query that never ends).
-        let _leave = LeaveFlight { lookup: self, id, flight: &flight };
-        flight.get_or_init(|| self.query_store(id)).await.clone()
+    pub async fn fetch(&self, settings: &LookupSettings, id: KeyId) -> Result<Verdict, LookupError> {
+        self.flights.join(id, || self.query_store(settings, id)).await
     }
 
-    fn lock_flights(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, Flight>> {
-        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+    /// Store queries running now.
+    pub fn queries_running(&self) -> usize {
+        self.admission.running()
     }
 
-    async fn query_store(&self, id: KeyId) -> Result<Verdict, LookupError> {
-        let Ok(_permit) = self.permits.try_acquire() else {
+    async fn query_store(&self, settings: &LookupSettings, id: KeyId) -> Result<Verdict, LookupError> {
+        let Some(_admitted) = self.admission.try_admit(settings.max_inflight) else {
             return Err(LookupError::Overloaded);
         };
-        let _in_flight = InFlight::new(&self.metrics);
         let seen = self.announcements.load(Ordering::SeqCst);
         let started = std::time::Instant::now();
-        let store = self.store();
-        let timeout = Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed));
-        let answer = tokio::time::timeout(timeout, store.fetch(&id)).await;
+        let answer = tokio::time::timeout(settings.timeout, settings.store.fetch(&id)).await;
         let result = match &answer {
             Ok(Ok(Some(_))) => StoreResult::Found,
             Ok(Ok(None)) => StoreResult::NotFound,
@@ -225,10 +198,9 @@ impl KeyLookup {
         self.store_answering.store(matches!(answer, Ok(Ok(_))), Ordering::Relaxed);
         let verdict = match answer {
             Ok(Ok(Some(mut record))) => {
-                record.app = self.apps.lock().unwrap_or_else(|e| e.into_inner()).intern(&record.app);
+                record.app = self.apps.intern(&record.app);
                 let previous = self.cache.grant_of(&id);
-                let default_rate = *self.default_rate.read().unwrap_or_else(|e| e.into_inner());
-                let grant = Grant::for_record(&record, default_rate, previous.as_ref());
+                let grant = Grant::for_record(&record, settings.default_rate, previous.as_ref());
                 self.cache.remember_known(id, Arc::clone(&grant));
                 Verdict::Known(grant)
             }
@@ -248,16 +220,6 @@ impl KeyLookup {
             self.cache.forget(&id);
         }
         Ok(verdict)
-    }
-
-    /// A new default per-key limit (a reload). Known keys are confirmed again in the background
-    /// and pick it up then; a key whose effective limit did not change keeps its limiter state.
-    pub fn set_default_rate(&self, rate: Rate) {
-        let mut current = self.default_rate.write().unwrap_or_else(|e| e.into_inner());
-        if *current != rate {
-            *current = rate;
-            self.cache.reconfirm_known();
-        }
     }
 
     /// Applies an invalidation announcement.
@@ -287,65 +249,6 @@ impl KeyLookup {
     /// The announcement channel broke: from now on announcements may be missed.
     pub fn announcements_lost(&self) {
         self.filter.channel_lost();
-    }
-}
-
-/// The app names of cached records, each held once.
-#[derive(Default)]
-struct AppNames {
-    names: std::collections::HashSet<Arc<str>>,
-    /// Size after the last sweep; the set is swept of unused names when it doubles.
-    swept_at: usize,
-}
-
-impl AppNames {
-    fn intern(&mut self, app: &Arc<str>) -> Arc<str> {
-        if let Some(shared) = self.names.get(app) {
-            return Arc::clone(shared);
-        }
-        if self.names.len() >= 2 * self.swept_at + 1024 {
-            // Only the set holds a name no cached record uses any more.
-            self.names.retain(|name| Arc::strong_count(name) > 1);
-            self.swept_at = self.names.len();
-        }
-        self.names.insert(Arc::clone(app));
-        Arc::clone(app)
-    }
-}
-
-/// Takes a flight out of the map when the request that joined it is done with it, unless
-/// others still wait on it (they run it, or read its answer, themselves).
-struct LeaveFlight<'a> {
-    lookup: &'a KeyLookup,
-    id: KeyId,
-    flight: &'a Flight,
-}
-
-impl Drop for LeaveFlight<'_> {
-    fn drop(&mut self) {
-        let mut flights = self.lookup.lock_flights();
-        let ours = flights.get(&self.id).is_some_and(|f| Arc::ptr_eq(f, self.flight));
-        // Under the map's lock no one can join meanwhile: two references are the map's and ours.
-        if ours && (self.flight.initialized() || Arc::strong_count(self.flight) <= 2) {
-            flights.remove(&self.id);
-        }
-    }
-}
-
-/// Counts a store lookup in `keygate_store_lookups_in_flight` for as long as it lives, however
-/// the lookup ends (answered, timed out, or dropped with its request).
-struct InFlight<'a>(&'a Metrics);
-
-impl<'a> InFlight<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
-        metrics.store_in_flight.inc();
-        InFlight(metrics)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.store_in_flight.dec();
     }
 }
 

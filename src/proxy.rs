@@ -19,8 +19,9 @@ use crate::answer::{self, Rejection};
 use crate::decide::{decide, RequestFacts};
 use crate::extract::KeySource;
 use crate::gateway::Gateway;
-use crate::limit::Grant;
+use crate::grant::Grant;
 use crate::metrics::Outcome;
+use crate::settings::Settings;
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -42,6 +43,8 @@ impl KeyGateProxy {
 /// What one request has learnt on its way through the phases.
 pub struct RequestCtx {
     started: Instant,
+    /// The settings in force when the request began, loaded once for all its phases.
+    settings: Arc<Settings>,
     /// Set when the gateway answered the request itself.
     rejected: Option<Rejection>,
     /// The key's grant, once the request is allowed through.
@@ -60,14 +63,20 @@ impl ProxyHttp for KeyGateProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { started: Instant::now(), rejected: None, grant: None, tried: Vec::new() }
+        RequestCtx {
+            started: Instant::now(),
+            settings: self.gateway.settings.load_full(),
+            rejected: None,
+            grant: None,
+            tried: Vec::new(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request = session.req_header();
         let facts =
             RequestFacts { headers: &request.headers, query: request.uri.query(), peer: peer_ip(session) };
-        match decide(&self.gateway, &facts).await {
+        match decide(&self.gateway, &ctx.settings, &facts).await {
             Ok(grant) => {
                 ctx.grant = Some(grant);
                 Ok(false)
@@ -86,14 +95,15 @@ impl ProxyHttp for KeyGateProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let peer = self.gateway.upstreams.pick(&ctx.tried).ok_or_else(|| {
-            Error::create(
-                ErrorType::HTTPStatus(502),
-                ErrorSource::Upstream,
-                Some("no healthy upstream".into()),
-                None,
-            )
-        })?;
+        let peer =
+            self.gateway.upstreams.pick(&ctx.tried, &ctx.settings.config.upstream).ok_or_else(|| {
+                Error::create(
+                    ErrorType::HTTPStatus(502),
+                    ErrorSource::Upstream,
+                    Some("no healthy upstream".into()),
+                    None,
+                )
+            })?;
         if let Some(addr) = peer._address.as_inet() {
             ctx.tried.push(*addr);
         }
@@ -111,7 +121,7 @@ impl ProxyHttp for KeyGateProxy {
             self.gateway.upstreams.connect_failed(*addr);
         }
         // Nothing was sent on a failed connect, so any request may go to the next peer.
-        if ctx.tried.len() < self.gateway.upstreams.peer_count() {
+        if ctx.tried.len() < ctx.settings.config.upstream.peers.len() {
             e.set_retry(true);
         }
         e
@@ -159,9 +169,9 @@ impl ProxyHttp for KeyGateProxy {
             earlier => format!("{}, {peer}", earlier.join(", ")),
         };
         upstream.insert_header("X-Forwarded-For", forwarded)?;
-        let settings = self.gateway.settings.load();
-        if !settings.api_key.forward {
-            strip_key(upstream, &settings.api_key.sources);
+        let api_key = &ctx.settings.config.api_key;
+        if !api_key.forward {
+            strip_key(upstream, &api_key.sources);
         }
         Ok(())
     }
@@ -180,7 +190,7 @@ impl ProxyHttp for KeyGateProxy {
             let request = session.req_header();
             let peer = peer_ip(session).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
             log.record(&Entry {
-                client: Some(self.gateway.settings.load().client_address.resolve(peer, &request.headers)),
+                client: Some(ctx.settings.client_address.resolve(peer, &request.headers)),
                 method: request.method.as_str(),
                 path: request.uri.path(),
                 status: session.response_written().map_or(0, |r| r.status.as_u16()),

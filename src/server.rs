@@ -45,7 +45,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
         .as_deref()
         .and_then(|path| PidFile::write(path).inspect_err(|e| log::error!("{e:#}; serving without it")).ok());
 
-    let header_timeout = gateway.config.load().header_timeout;
+    let header_timeout = gateway.settings.load().config.header_timeout;
     let proxy_app = http_proxy(&server.configuration, KeyGateProxy::new(gateway.clone()));
     let mut proxy =
         Service::new("keygate proxy".to_string(), WithHeaderDeadline::new(proxy_app, header_timeout));

@@ -2,8 +2,8 @@
 //!
 //! Round robin over `upstream.peers`, skipping peers that fail their health check and peers
 //! this request already failed to connect to (a connect failure sent nothing, so it is safe to
-//! try the next peer). The peer set sits behind a discovery of our own, so a reload can change
-//! it; Pingora keeps the health state of peers that stay.
+//! try the next peer). The peers are discovered from the settings snapshot, so a reload can
+//! change them; Pingora keeps the health state of peers that stay.
 
 use crate::config::{HealthCheck, UpstreamConfig};
 use async_trait::async_trait;
@@ -16,20 +16,19 @@ use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The configured peers, replaceable at runtime.
-#[derive(Default)]
-struct PeerSet(RwLock<Vec<SocketAddr>>);
+/// The configured peers, as the settings in force name them.
+type Peers = Box<dyn Fn() -> Vec<SocketAddr> + Send + Sync>;
 
-struct PeerDiscovery(Arc<PeerSet>);
+struct PeerDiscovery(Peers);
 
 #[async_trait]
 impl ServiceDiscovery for PeerDiscovery {
     async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let peers = self.0 .0.read().unwrap_or_else(|e| e.into_inner());
+        let peers = (self.0)();
         let backends =
             peers.iter().map(|addr| Backend::new(&addr.to_string())).collect::<pingora::Result<_>>()?;
         Ok((backends, HashMap::new()))
@@ -42,26 +41,26 @@ const PASS_OVER: Duration = Duration::from_secs(1);
 
 pub struct Upstreams {
     balancer: Arc<LoadBalancer<RoundRobin>>,
-    peers: Arc<PeerSet>,
     /// Peers whose connect failed lately, and until when they are passed over.
     passed_over: Mutex<Vec<(SocketAddr, Instant)>>,
     /// Whether `passed_over` may hold a live entry: while not, a pick takes no lock and reads
     /// no clock (the usual case). Cleared by the first pick that finds every entry expired.
     any_passed_over: AtomicBool,
-    connect_timeout_ms: AtomicU64,
-    read_timeout_ms: AtomicU64,
 }
 
 impl Upstreams {
-    /// Builds the balancer and the background service that runs its health checks.
-    pub fn new(config: &UpstreamConfig) -> (Upstreams, GenBackgroundService<LoadBalancer<RoundRobin>>) {
-        let peers = Arc::new(PeerSet(RwLock::new(config.peers.clone())));
-        let mut balancer =
-            LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(PeerDiscovery(peers.clone()))));
+    /// Builds the balancer over the peers `peers` names (asked again by [`Self::peers_changed`])
+    /// and the background service that runs its health checks.
+    pub fn new(
+        health_check: &HealthCheck,
+        peers: impl Fn() -> Vec<SocketAddr> + Send + Sync + 'static,
+    ) -> (Upstreams, GenBackgroundService<LoadBalancer<RoundRobin>>) {
+        let discovery = PeerDiscovery(Box::new(peers));
+        let mut balancer = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(discovery)));
         // Discovery reads a list in memory: it completes at once, so the balancer has its
         // peers before the first request, not only once the background service has started.
         let _ = balancer.update().now_or_never();
-        let interval = match &config.health_check {
+        let interval = match health_check {
             HealthCheck::Tcp { interval } => {
                 balancer.set_health_check(TcpHealthCheck::new());
                 *interval
@@ -78,29 +77,23 @@ impl Upstreams {
         let service = background_service("upstream health check", balancer);
         let upstreams = Upstreams {
             balancer: service.task(),
-            peers,
             passed_over: Mutex::new(Vec::new()),
             any_passed_over: AtomicBool::new(false),
-            connect_timeout_ms: AtomicU64::new(config.connect_timeout.as_millis() as u64),
-            read_timeout_ms: AtomicU64::new(config.read_timeout.as_millis() as u64),
         };
         (upstreams, service)
     }
 
-    /// A reload: new peers (health kept for those that stay) and timeouts. The health check's
-    /// kind and interval need a restart.
-    pub async fn reconfigure(&self, config: &UpstreamConfig) {
-        *self.peers.0.write().unwrap_or_else(|e| e.into_inner()) = config.peers.clone();
+    /// A reload: the peers are discovered again (health kept for those that stay). The health
+    /// check's kind and interval need a restart.
+    pub async fn peers_changed(&self) {
         if let Err(e) = self.balancer.update().await {
             log::warn!("upstream peers not updated: {e}");
         }
-        self.connect_timeout_ms.store(config.connect_timeout.as_millis() as u64, Ordering::Relaxed);
-        self.read_timeout_ms.store(config.read_timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// A healthy peer this request has not failed on yet.
+    /// A healthy peer this request has not failed on yet, with `config`'s timeouts.
     /// Peers passed over lately are picked only when no other healthy one is left.
-    pub fn pick(&self, tried: &[SocketAddr]) -> Option<Box<HttpPeer>> {
+    pub fn pick(&self, tried: &[SocketAddr], config: &UpstreamConfig) -> Option<Box<HttpPeer>> {
         let untried = |backend: &Backend, healthy: bool| healthy && !tried.contains(&socket_addr(backend));
         let passed_over = self.passed_over_now();
         let in_favour = |backend: &Backend, healthy: bool| {
@@ -113,11 +106,11 @@ impl Upstreams {
                 .select_with(b"", 256, in_favour)
                 .or_else(|| self.balancer.select_with(b"", 256, untried)),
         }?;
-        let connect = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let connect = config.connect_timeout;
         let mut peer = HttpPeer::new(socket_addr(&backend), false, String::new());
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect);
-        peer.options.read_timeout = Some(Duration::from_millis(self.read_timeout_ms.load(Ordering::Relaxed)));
+        peer.options.read_timeout = Some(config.read_timeout);
         Some(Box::new(peer))
     }
 
@@ -143,11 +136,6 @@ impl Upstreams {
             self.any_passed_over.store(false, Ordering::Release);
         }
         passed_over.iter().map(|&(addr, _)| addr).collect()
-    }
-
-    /// How many peers are configured (the most a request can try).
-    pub fn peer_count(&self) -> usize {
-        self.peers.0.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Each configured peer and whether it passes its health check.

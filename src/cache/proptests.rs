@@ -45,13 +45,14 @@ proptest! {
     fn the_cache_answers_as_its_model(ops in proptest::collection::vec(op(), 1..60)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         runtime.block_on(async {
-            let cache = KeyCache::new(&CacheConfig {
+            let config = CacheConfig {
                 capacity: 1000,
                 negative_capacity: 1000,
                 ttl: Duration::from_secs(TTL),
                 negative_ttl: Duration::from_secs(NEGATIVE_TTL),
                 stale: Duration::from_secs(STALE),
-            });
+            };
+            let cache = KeyCache::new(&config);
             let id = |k: u8| ApiKey::from_cli(&format!("key-{k}")).id();
             let grant = || Grant::for_record(&KeyRecord::active("a"), Rate { per_second: 1.0, burst: 1 }, None);
             let mut model: HashMap<u8, Model> = HashMap::new();
@@ -74,7 +75,7 @@ proptest! {
                     }
                 }
                 for k in 0..16u8 {
-                    let answer = match cache.get(&id(k)) {
+                    let answer = match cache.get(&id(k), &config) {
                         Cached::Fresh(_) => "fresh",
                         Cached::Stale { .. } => "stale",
                         Cached::Unknown => "unknown",

@@ -11,6 +11,11 @@ fn id(n: usize) -> KeyId {
     ApiKey::from_cli(&format!("key-{n}")).id()
 }
 
+/// What `c` says about `id`, under the TTLs of `CacheConfig::for_tests`.
+fn get(c: &KeyCache, id: &KeyId) -> Cached {
+    c.get(id, &CacheConfig::for_tests(1))
+}
+
 fn grant() -> Arc<Grant> {
     Grant::for_record(&KeyRecord::active("app"), Rate { per_second: 1.0, burst: 1 }, None)
 }
@@ -30,15 +35,15 @@ async fn a_known_key_is_fresh_then_stale_then_gone() {
     let c = cache(10, 10);
     let g = grant();
     c.remember_known(id(1), Arc::clone(&g));
-    assert_eq!(kind(&c.get(&id(1))), "fresh");
+    assert_eq!(kind(&get(&c, &id(1))), "fresh");
     tokio::time::advance(Duration::from_secs(301)).await;
-    assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
+    assert_eq!(kind(&get(&c, &id(1))), "stale-refresh");
     c.postpone_refresh(&id(1), &g);
-    assert_eq!(kind(&c.get(&id(1))), "stale");
+    assert_eq!(kind(&get(&c, &id(1))), "stale");
     tokio::time::advance(REFRESH_RETRY).await;
-    assert_eq!(kind(&c.get(&id(1))), "stale-refresh");
+    assert_eq!(kind(&get(&c, &id(1))), "stale-refresh");
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert_eq!(kind(&c.get(&id(1))), "miss");
+    assert_eq!(kind(&get(&c, &id(1))), "miss");
     assert!(c.grant_of(&id(1)).is_some(), "the limiter outlives the entry's usefulness");
 }
 
@@ -49,7 +54,7 @@ async fn postponing_a_refresh_never_brings_back_a_forgotten_key() {
     c.remember_known(id(1), Arc::clone(&g));
     c.forget(&id(1));
     c.postpone_refresh(&id(1), &g);
-    assert_eq!(kind(&c.get(&id(1))), "miss");
+    assert_eq!(kind(&get(&c, &id(1))), "miss");
     let newer = grant();
     c.remember_known(id(1), Arc::clone(&newer));
     c.postpone_refresh(&id(1), &g);
@@ -60,9 +65,9 @@ async fn postponing_a_refresh_never_brings_back_a_forgotten_key() {
 async fn an_unknown_key_expires_after_its_own_ttl() {
     let c = cache(10, 10);
     c.remember_unknown(id(1));
-    assert_eq!(kind(&c.get(&id(1))), "unknown");
+    assert_eq!(kind(&get(&c, &id(1))), "unknown");
     tokio::time::advance(Duration::from_secs(61)).await;
-    assert_eq!(kind(&c.get(&id(1))), "miss");
+    assert_eq!(kind(&get(&c, &id(1))), "miss");
 }
 
 #[tokio::test(start_paused = true)]
@@ -76,7 +81,7 @@ async fn a_flood_of_unknown_keys_never_evicts_a_known_one() {
     }
     assert!(c.unknown_len() <= 100);
     for n in 0..50 {
-        assert_eq!(kind(&c.get(&id(n))), "fresh", "known key {n} was evicted");
+        assert_eq!(kind(&get(&c, &id(n))), "fresh", "known key {n} was evicted");
     }
 }
 
@@ -87,15 +92,15 @@ async fn announcements_forget_and_a_resubscribe_distrusts() {
     c.remember_unknown(id(2));
     c.forget(&id(1));
     c.forget(&id(2));
-    assert_eq!((kind(&c.get(&id(1))), kind(&c.get(&id(2)))), ("miss", "miss"));
+    assert_eq!((kind(&get(&c, &id(1))), kind(&get(&c, &id(2)))), ("miss", "miss"));
 
     c.remember_known(id(1), grant());
     c.remember_unknown(id(2));
     c.distrust_all();
-    assert_eq!(kind(&c.get(&id(1))), "stale-refresh", "known keys are still served, but confirmed");
-    assert_eq!(kind(&c.get(&id(2))), "miss", "nothing unverified is trusted as unknown");
+    assert_eq!(kind(&get(&c, &id(1))), "stale-refresh", "known keys are still served, but confirmed");
+    assert_eq!(kind(&get(&c, &id(2))), "miss", "nothing unverified is trusted as unknown");
     c.remember_known(id(1), grant());
-    assert_eq!(kind(&c.get(&id(1))), "fresh");
+    assert_eq!(kind(&get(&c, &id(1))), "fresh");
 
     c.forget_all();
     assert_eq!((c.known_len(), c.unknown_len()), (0, 0));
@@ -106,9 +111,9 @@ async fn learning_a_key_replaces_its_other_entry() {
     let c = cache(10, 10);
     c.remember_unknown(id(1));
     c.remember_known(id(1), grant());
-    assert_eq!((kind(&c.get(&id(1))), c.unknown_len()), ("fresh", 0));
+    assert_eq!((kind(&get(&c, &id(1))), c.unknown_len()), ("fresh", 0));
     c.remember_unknown(id(1));
-    assert_eq!((kind(&c.get(&id(1))), c.known_len()), ("unknown", 0));
+    assert_eq!((kind(&get(&c, &id(1))), c.known_len()), ("unknown", 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -139,7 +144,7 @@ fn claiming_a_refresh_never_undoes_a_confirmation_that_lands_meanwhile() {
         let (c, g, done) = (Arc::clone(&c), Arc::clone(&g), Arc::clone(&done));
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if let Cached::Stale { refresh: true, .. } = c.get(&id(1)) {
+                if let Cached::Stale { refresh: true, .. } = get(&c, &id(1)) {
                     c.claim_refresh(&id(1), &g);
                 }
             }
@@ -151,7 +156,7 @@ fn claiming_a_refresh_never_undoes_a_confirmation_that_lands_meanwhile() {
         .filter(|_| {
             c.reconfirm_known();
             c.remember_known(id(1), Arc::clone(&g));
-            kind(&c.get(&id(1))) != "fresh"
+            kind(&get(&c, &id(1))) != "fresh"
         })
         .count();
     done.store(true, Ordering::Relaxed);
@@ -163,7 +168,7 @@ fn claiming_a_refresh_never_undoes_a_confirmation_that_lands_meanwhile() {
 async fn keys_confirmed_together_come_up_for_refresh_spread_over_a_tenth_of_the_ttl() {
     let c = cache(10_000, 10);
     (0..1000).for_each(|n| c.remember_known(id(n), grant()));
-    let fresh = |c: &KeyCache| (0..1000).filter(|n| kind(&c.get(&id(*n))) == "fresh").count();
+    let fresh = |c: &KeyCache| (0..1000).filter(|n| kind(&get(c, &id(*n))) == "fresh").count();
     // ttl 300 s: all fresh until 270 s, all stale from 300 s, and in between a share that
     // falls evenly (about half at 285 s).
     tokio::time::advance(Duration::from_millis(269_900)).await;

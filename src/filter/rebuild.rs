@@ -6,7 +6,9 @@
 use super::Bloom;
 use crate::lookup::KeyLookup;
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 use crate::store::{KeyStore, StoreError};
+use arc_swap::ArcSwap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +20,8 @@ const MAX_RETRY: Duration = Duration::from_secs(15);
 /// before it cannot be trusted, and would only be scanned again once it is up.
 const FIRST_BUILD_WAITS_FOR_CHANNEL: Duration = Duration::from_secs(2);
 
-/// Runs for ever.
-pub async fn maintain(lookup: Arc<KeyLookup>, metrics: Arc<Metrics>) {
+/// Runs for ever, scanning the store of the settings in force at each rebuild.
+pub async fn maintain(lookup: Arc<KeyLookup>, settings: Arc<ArcSwap<Settings>>, metrics: Arc<Metrics>) {
     let filter = &lookup.filter;
     if !filter.is_listening() {
         let _ = tokio::time::timeout(FIRST_BUILD_WAITS_FOR_CHANNEL, filter.rebuild_now.notified()).await;
@@ -32,7 +34,7 @@ pub async fn maintain(lookup: Arc<KeyLookup>, metrics: Arc<Metrics>) {
         // A wake-up that came before this build begins is answered by it (tokio's timeout polls
         // the wake-up once before its deadline); one that comes during the build starts another.
         let _ = tokio::time::timeout(Duration::ZERO, filter.rebuild_now.notified()).await;
-        let store = lookup.store();
+        let store = Arc::clone(&settings.load().lookup.store);
         let same_store = last_built.as_ref().is_some_and(|last| Arc::ptr_eq(last, &store));
         let wait = match rebuild(&lookup, &store, same_store).await {
             Ok(count) => {
@@ -99,9 +101,8 @@ async fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::KeyCache;
-    use crate::config::{CacheConfig, Rate};
-    use crate::filter::{FilterConfig, KeyFilter};
+    use crate::config::CacheConfig;
+    use crate::filter::FilterConfig;
     use crate::key::{ApiKey, KeyId};
     use crate::store::memory::MemoryStore;
     use crate::store::KeyRecord;
@@ -119,19 +120,11 @@ mod tests {
         let store = Arc::new(MemoryStore::default());
         (0..10).for_each(|n| store.insert(id(n), KeyRecord::active("a")));
         let config = FilterConfig { rebuild_interval: Duration::from_secs(300), ..FilterConfig::default() };
-        let cache = KeyCache::new(&CacheConfig::for_tests(100));
         let metrics = Arc::new(Metrics::new());
-        let lookup = Arc::new(KeyLookup::new(
-            cache,
-            KeyFilter::new(config),
-            store.clone(),
-            Duration::from_millis(50),
-            8,
-            Rate { per_second: 1.0, burst: 1 },
-            Arc::clone(&metrics),
-        ));
+        let lookup = Arc::new(KeyLookup::new(&CacheConfig::for_tests(100), config, Arc::clone(&metrics)));
+        let settings = Arc::new(ArcSwap::from_pointee(Settings::for_tests(store.clone())));
         lookup.announcements_resumed();
-        tokio::spawn(maintain(Arc::clone(&lookup), Arc::clone(&metrics)));
+        tokio::spawn(maintain(Arc::clone(&lookup), settings, Arc::clone(&metrics)));
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(lookup.filter.excludes(&id(99)), "built and trusted");
         assert_eq!(rebuilds(&metrics, "ok"), 1);

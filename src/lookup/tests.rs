@@ -4,21 +4,54 @@ use crate::filter::FilterConfig;
 use crate::key::ApiKey;
 use crate::store::memory::MemoryStore;
 use crate::store::KeyRecord;
+use crate::store::KeyStore;
 
 const TIMEOUT: Duration = Duration::from_millis(50);
 
-fn lookup(store: Arc<MemoryStore>, max_inflight: usize) -> Arc<KeyLookup> {
-    let cache = KeyCache::new(&CacheConfig::for_tests(100));
-    let rate = Rate { per_second: 100.0, burst: 100 };
-    Arc::new(KeyLookup::new(
-        cache,
-        KeyFilter::new(FilterConfig::default()),
-        store,
-        TIMEOUT,
-        max_inflight,
-        rate,
-        Arc::new(Metrics::new()),
-    ))
+/// A lookup and its settings: `store`, at most `max_inflight` queries, TIMEOUT.
+#[derive(Clone)]
+struct Lookup {
+    lookup: Arc<KeyLookup>,
+    settings: Arc<LookupSettings>,
+}
+
+fn lookup(store: Arc<MemoryStore>, max_inflight: usize) -> Lookup {
+    let cache = CacheConfig::for_tests(100);
+    let lookup = Arc::new(KeyLookup::new(&cache, FilterConfig::default(), Arc::new(Metrics::new())));
+    let store: Arc<dyn KeyStore> = store;
+    let default_rate = Rate { per_second: 100.0, burst: 100 };
+    let settings = Arc::new(LookupSettings { store, timeout: TIMEOUT, max_inflight, default_rate, cache });
+    Lookup { lookup, settings }
+}
+
+impl Lookup {
+    fn cached(&self, id: &KeyId) -> Option<Verdict> {
+        self.lookup.cached(&self.settings, id)
+    }
+
+    async fn fetch(&self, id: KeyId) -> Result<Verdict, LookupError> {
+        self.lookup.fetch(&self.settings, id).await
+    }
+
+    /// The lookup with a new default rate, as after a reload.
+    fn with_default_rate(&self, default_rate: Rate) -> Lookup {
+        let settings = LookupSettings {
+            store: Arc::clone(&self.settings.store),
+            default_rate,
+            cache: self.settings.cache.clone(),
+            ..*self.settings
+        };
+        self.lookup.default_rate_changed();
+        Lookup { lookup: Arc::clone(&self.lookup), settings: Arc::new(settings) }
+    }
+}
+
+impl std::ops::Deref for Lookup {
+    type Target = KeyLookup;
+
+    fn deref(&self) -> &KeyLookup {
+        &self.lookup
+    }
 }
 
 fn id(name: &str) -> KeyId {
@@ -105,7 +138,7 @@ async fn lookups_beyond_the_bound_are_shed() {
 }
 
 /// Key `k` looked up once, then past its TTL with the store failing.
-async fn stale_key_k_with_the_store_down() -> (Arc<MemoryStore>, Arc<KeyLookup>) {
+async fn stale_key_k_with_the_store_down() -> (Arc<MemoryStore>, Lookup) {
     let store = Arc::new(MemoryStore::default());
     store.insert(id("k"), KeyRecord::active("a"));
     let l = lookup(store.clone(), 8);
@@ -176,7 +209,7 @@ async fn a_new_default_limit_reaches_keys_that_use_it_and_spares_the_others() {
     l.fetch(id("own")).await.unwrap();
     let (before_default, before_own) = (grant("default"), grant("own"));
 
-    l.set_default_rate(Rate { per_second: 1.0, burst: 1 });
+    let l = l.with_default_rate(Rate { per_second: 1.0, burst: 1 });
     // Served as known meanwhile, and refreshed in the background.
     assert!(matches!(l.cached(&id("default")), Some(Verdict::Known(_))));
     assert!(matches!(l.cached(&id("own")), Some(Verdict::Known(_))));

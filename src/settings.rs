@@ -1,0 +1,125 @@
+//! The settings snapshot: everything a reload can change, built whole from a validated
+//! [`Config`] and swapped whole (one `ArcSwap` in the [`crate::gateway::Gateway`]). A request
+//! loads it once and reads every setting from that one value; the subsystems keep only runtime
+//! state (cache entries, limiter state, filter bits, queries in flight).
+//!
+//! Building a snapshot is where a reload can fail (a store that cannot be opened), so it happens
+//! before anything is swapped: a refused file leaves the running snapshot whole.
+
+use crate::client_ip::ClientAddress;
+use crate::config::{Config, StoreBackend};
+use crate::limit::IpLimiter;
+use crate::lookup::LookupSettings;
+use crate::store::{file::FileStore, redis::RedisStore, KeyStore};
+use std::sync::Arc;
+
+/// Everything a reload can change, as one immutable value.
+pub struct Settings {
+    /// The validated config this snapshot was built from (a reload compares the next with it).
+    pub config: Config,
+    /// Whose address a request is charged to (`trusted_proxies`).
+    pub client_address: ClientAddress,
+    /// The per-IP limiter. Runtime state, but its rate is fixed when built: a snapshot with the
+    /// same rate carries the previous one over, state and all.
+    pub ip_limiter: Arc<IpLimiter>,
+    /// The store, and how a lookup uses it.
+    pub lookup: Arc<LookupSettings>,
+}
+
+/// What a new snapshot's store is to the previous one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChange {
+    /// The same store over the same connection.
+    Same,
+    /// The same store over a new connection (a new timeout): what was learnt from it stays.
+    Reconnected,
+    /// Another store (another Redis, prefix or key file): what was learnt must be forgotten.
+    Replaced,
+}
+
+impl Settings {
+    /// The first snapshot; must run inside the runtime that drives the store's connections.
+    pub fn first(config: Config) -> anyhow::Result<Settings> {
+        let store = open_store(&config)?;
+        let ip_limiter = Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip));
+        Ok(Settings::assemble(config, store, ip_limiter))
+    }
+
+    /// The snapshot that follows this one for `config`, and how its store relates to this one's.
+    pub fn next(&self, config: Config) -> anyhow::Result<(Settings, StoreChange)> {
+        let old = &self.config;
+        // The file store is read again on every reload: its keys are what changed, usually.
+        let change = match (&config.store.backend, &old.store.backend) {
+            (StoreBackend::File(_), _) => StoreChange::Replaced,
+            (new, old) if new != old => StoreChange::Replaced,
+            // Redis's own timeouts follow the lookup's: a new timeout needs a new connection.
+            _ if config.store.timeout != old.store.timeout => StoreChange::Reconnected,
+            _ => StoreChange::Same,
+        };
+        let store = match change {
+            StoreChange::Same => Arc::clone(&self.lookup.store),
+            StoreChange::Reconnected | StoreChange::Replaced => open_store(&config)?,
+        };
+        let ip_limiter = match self.ip_limiter.rate() == config.rate_limit.unauthenticated_per_ip {
+            true => Arc::clone(&self.ip_limiter),
+            false => Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip)),
+        };
+        Ok((Settings::assemble(config, store, ip_limiter), change))
+    }
+
+    fn assemble(config: Config, store: Arc<dyn KeyStore>, ip_limiter: Arc<IpLimiter>) -> Settings {
+        Settings {
+            client_address: ClientAddress::new(config.trusted_proxies.clone()),
+            ip_limiter,
+            lookup: Arc::new(LookupSettings::new(&config, store)),
+            config,
+        }
+    }
+
+    /// The fields of `next` that differ from this snapshot's but cannot change while running.
+    pub fn fixed_fields_changed(&self, next: &Config) -> Vec<&'static str> {
+        let (old, new) = (&self.config, next);
+        [
+            ("listen", old.listen != new.listen),
+            ("admin_listen", old.admin_listen != new.admin_listen),
+            ("auth_listen", old.auth_listen != new.auth_listen),
+            ("threads", old.threads != new.threads),
+            ("pid_file", old.pid_file != new.pid_file),
+            ("upgrade_sock", old.upgrade_sock != new.upgrade_sock),
+            ("grace_period_s", old.grace_period != new.grace_period),
+            ("header_timeout_ms", old.header_timeout != new.header_timeout),
+            ("upstream.health_check", old.upstream.health_check != new.upstream.health_check),
+            ("cache.capacity", old.cache.capacity != new.cache.capacity),
+            ("cache.negative_capacity", old.cache.negative_capacity != new.cache.negative_capacity),
+            ("filter", old.filter != new.filter),
+            ("access_log", old.access_log != new.access_log),
+        ]
+        .into_iter()
+        .filter_map(|(field, changed)| changed.then_some(field))
+        .collect()
+    }
+}
+
+/// Opens the store `config` names; must run inside the runtime that drives its connections.
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
+    Ok(match &config.store.backend {
+        StoreBackend::Redis { url, prefix } => Arc::new(RedisStore::open(url, prefix, config.store.timeout)?),
+        StoreBackend::File(path) => {
+            let store = FileStore::open(path).map_err(anyhow::Error::msg)?;
+            log::info!("file store: {} keys from {}", store.len(), path.display());
+            Arc::new(store)
+        }
+    })
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl Settings {
+    /// The documented defaults (one listener, one peer) over `store`: for unit tests and
+    /// benchmarks, which need settings but no file.
+    pub fn for_tests(store: Arc<dyn KeyStore>) -> Settings {
+        let yaml = "listen: [127.0.0.1:1]\nupstream: {peers: [127.0.0.1:2]}\nstore: {file: keys.yaml}\n";
+        let config = Config::parse(yaml, std::path::Path::new(".")).expect("a valid config");
+        let ip_limiter = Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip));
+        Settings::assemble(config, store, ip_limiter)
+    }
+}
