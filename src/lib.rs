@@ -20,7 +20,7 @@
 //!
 //! Around it: [`config`] (the YAML and its validation), [`invalidate`] (announcements from
 //! Redis), [`logging`] (stderr, never a key), [`gateway`] (the shared state), [`reload`] (SIGHUP), [`server`] (the Pingora server), [`cli`] (the
-//! command line), [`keys`] (key management) and [`demo_upstream`] (a tiny ingestion node for the demo and the tests).
+//! command line) and [`keys`] (key management).
 
 pub mod access_log;
 pub mod admin;
@@ -32,7 +32,6 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod decide;
-pub mod demo_upstream;
 pub mod extract;
 pub mod filter;
 pub mod gateway;

@@ -106,7 +106,7 @@ pub struct CacheConfig {
     pub stale: Duration,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-util"))]
 impl CacheConfig {
     /// `capacity` entries of each kind, TTLs of 300 s (known), 60 s (unknown), an hour stale.
     pub fn for_tests(capacity: usize) -> Self {

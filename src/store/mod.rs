@@ -6,6 +6,7 @@
 //! never is.
 
 pub mod file;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod record;
 pub mod redis;

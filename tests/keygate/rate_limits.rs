@@ -1,10 +1,8 @@
 //! Rate limits from the outside: per key (the config's, or the record's own), and per client
 //! address for requests without a usable key, charged before the store is asked.
 
-mod common;
-
-use common::http::Response;
-use common::{eventually, Gateway, Redis, Setup, Upstream};
+use crate::support::http::Response;
+use crate::support::{eventually, Gateway, Redis, Setup, Upstream};
 use std::time::Duration;
 
 fn limits(per_key: &str, per_ip: &str) -> String {

@@ -1,10 +1,8 @@
 //! The ingestion nodes misbehave: dead, hung, resetting mid-response, all down. The client gets
 //! a timely 502/504 or a connection it can tell was cut, never a truncated 2xx taken as whole.
 
-mod common;
-
-use common::http::{self, Connection};
-use common::{eventually, Redis, Setup, Upstream};
+use crate::support::http::{self, Connection};
+use crate::support::{self, eventually, Redis, Setup, Upstream};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -46,7 +44,7 @@ const KEY: &str = "upstream-fault-key-7f3a";
 
 /// Guarantee 7 on the error path: Pingora logged a summary of every failed request (where its
 /// default summary would hold the query string, key and all), and no key is in the logs.
-fn assert_failures_logged_without_the_key(gateway: &common::Gateway, failed: usize) {
+fn assert_failures_logged_without_the_key(gateway: &support::Gateway, failed: usize) {
     let logged = eventually(Duration::from_secs(2), || {
         gateway.logs().lines().filter(|l| l.contains("Fail to proxy") && l.ends_with(" /ingest")).count()
             >= failed
@@ -55,7 +53,7 @@ fn assert_failures_logged_without_the_key(gateway: &common::Gateway, failed: usi
     gateway.assert_no_key_in_logs(&[KEY]);
 }
 
-fn gateway_with_peers(redis: &Redis, peers: Vec<String>, read_timeout_ms: u64) -> common::Gateway {
+fn gateway_with_peers(redis: &Redis, peers: Vec<String>, read_timeout_ms: u64) -> support::Gateway {
     let mut setup = Setup::redis(redis, &Upstream::start());
     setup.peers = peers;
     let gateway = setup.start();
@@ -111,7 +109,7 @@ fn a_dead_peer_is_marked_unhealthy_and_traffic_flows_to_the_rest() {
     let redis = Redis::start();
     redis.put_key("valid-key", &[("app", "acme")]);
     let live = Upstream::start();
-    let dead = format!("127.0.0.1:{}", common::free_port());
+    let dead = format!("127.0.0.1:{}", support::free_port());
     let mut setup = Setup::redis(&redis, &live);
     setup.peers = vec![dead.clone(), live.addr.to_string()];
     let gateway = setup.start();
@@ -130,7 +128,7 @@ fn a_dead_peer_is_marked_unhealthy_and_traffic_flows_to_the_rest() {
 fn with_every_peer_down_the_answer_is_a_fast_502() {
     let redis = Redis::start();
     redis.put_key(KEY, &[("app", "acme")]);
-    let peers = (0..3).map(|_| format!("127.0.0.1:{}", common::free_port())).collect();
+    let peers = (0..3).map(|_| format!("127.0.0.1:{}", support::free_port())).collect();
     let gateway = gateway_with_peers(&redis, peers, 1000);
     std::thread::sleep(Duration::from_millis(500)); // the health check marks them all down
     for _ in 0..5 {

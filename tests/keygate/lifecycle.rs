@@ -1,9 +1,7 @@
 //! Stopping and upgrading a running gateway without losing a request, and the shipped unit.
 
-mod common;
-
-use common::http::{self, Connection};
-use common::{Gateway, Redis, Setup, Upstream};
+use crate::support::http::{self, Connection};
+use crate::support::{self, Gateway, Redis, Setup, Upstream};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -179,7 +177,7 @@ fn a_second_start_on_the_same_pid_file_is_refused_and_the_file_keeps_naming_the_
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let exited = common::eventually(Duration::from_secs(10), || second.try_wait().ok().flatten().is_some());
+    let exited = support::eventually(Duration::from_secs(10), || second.try_wait().ok().flatten().is_some());
     if exited.is_none() {
         let _ = second.kill();
     }

@@ -1,10 +1,8 @@
 //! A flood of never-seen keys does not reach Redis: the membership filter answers for them,
 //! and never turns away a valid key, even while announcements may be missed.
 
-mod common;
-
-use common::http::Connection;
-use common::{eventually, Redis, Setup, Upstream};
+use crate::support::http::Connection;
+use crate::support::{eventually, Redis, Setup, Upstream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

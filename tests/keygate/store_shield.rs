@@ -1,10 +1,8 @@
 //! The store is asked as little as the contract allows: once per unknown key per negative TTL,
 //! once for many concurrent first requests, and again only when an announcement says so.
 
-mod common;
-
-use common::http;
-use common::{eventually, Redis, Setup, Upstream};
+use crate::support::http;
+use crate::support::{eventually, Redis, Setup, Upstream};
 use std::time::Duration;
 
 #[test]

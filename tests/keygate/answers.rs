@@ -1,10 +1,8 @@
 //! Every row of the contract's answer table, seen by a client of the real gateway, and what the
 //! upstream receives for a forwarded request.
 
-mod common;
-
-use common::http::{self, Connection};
-use common::{Redis, Setup, Upstream};
+use crate::support::http::{self, Connection};
+use crate::support::{self, Redis, Setup, Upstream};
 use std::time::Duration;
 
 #[test]
@@ -155,7 +153,7 @@ fn store_lookups_over_max_inflight_are_503_overloaded() {
     // Two lookups take both permits and hang on the frozen store; only then come the others,
     // so which requests are shed is not left to the scheduler.
     let first: Vec<_> = (0..2).map(send).collect();
-    let holding = common::eventually(Duration::from_millis(3000), || {
+    let holding = support::eventually(Duration::from_millis(3000), || {
         gateway.metric("keygate_store_lookups_in_flight") == 2.0
     });
     assert!(holding.is_some(), "two lookups never were in flight at once");
@@ -188,14 +186,14 @@ fn store_lookups_over_max_inflight_are_503_overloaded() {
 fn no_reachable_upstream_is_502() {
     let redis = Redis::start();
     redis.put_key("valid-key", &[("app", "acme")]);
-    let dead = format!("127.0.0.1:{}", common::free_port());
+    let dead = format!("127.0.0.1:{}", support::free_port());
     let mut setup = Setup::redis(&redis, &Upstream::start());
     setup.peers = vec![dead];
     let gateway = setup.start();
     let started = std::time::Instant::now();
     assert_eq!(gateway.with_key("valid-key").status, 502);
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(common::eventually(Duration::from_secs(3), || {
+    assert!(support::eventually(Duration::from_secs(3), || {
         gateway.metric(r#"keygate_requests_total{outcome="upstream_error"}"#) >= 1.0
     })
     .is_some());
@@ -211,7 +209,7 @@ fn a_connect_failure_is_retried_on_another_peer() {
     let gateway = setup.start();
     let healthy =
         |peer: std::net::SocketAddr| gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{peer}\"}}"));
-    let both = common::eventually(Duration::from_secs(5), || {
+    let both = support::eventually(Duration::from_secs(5), || {
         healthy(doomed.addr) == 1.0 && healthy(survivor.addr) == 1.0
     });
     assert!(both.is_some(), "both peers never showed healthy");
@@ -221,7 +219,7 @@ fn a_connect_failure_is_retried_on_another_peer() {
     // (proxy.rs fail_to_connect) turns that into a 200.
     doomed.kill();
     let refused =
-        common::eventually(Duration::from_secs(5), || std::net::TcpStream::connect(doomed.addr).is_err());
+        support::eventually(Duration::from_secs(5), || std::net::TcpStream::connect(doomed.addr).is_err());
     assert!(refused.is_some(), "the killed upstream still accepts connections");
     assert_eq!(
         healthy(doomed.addr),
@@ -298,7 +296,7 @@ fn a_rejected_body_that_never_comes_is_waited_for_only_up_to_the_drain_bound() {
         // It waited for the body (src/answer.rs: 1 s), then gave up on it rather than hang.
         assert!(took >= Duration::from_millis(900), "answered after {took:?}, without waiting for the body");
         assert!(took < Duration::from_secs(5), "answered after {took:?}");
-        let closed = common::eventually(Duration::from_secs(5), || connection.is_closed());
+        let closed = support::eventually(Duration::from_secs(5), || connection.is_closed());
         assert!(closed.is_some(), "the connection stayed open with its body unread");
     }
     assert_eq!(upstream.count(), 0);
@@ -357,7 +355,7 @@ fn a_request_body_is_streamed_to_the_upstream_not_buffered() {
     connection.stream().write_all(b"first-half").unwrap();
     // The rest is held back until the upstream has the head and the first half: a gateway that
     // buffered the body would forward nothing before it is whole, and this would time out.
-    let got_first_half = common::eventually(Duration::from_secs(5), || {
+    let got_first_half = support::eventually(Duration::from_secs(5), || {
         let arrived = arrived.lock().unwrap();
         let text = String::from_utf8_lossy(&arrived).to_ascii_lowercase();
         text.starts_with("post /ingest ")

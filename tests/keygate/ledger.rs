@@ -3,10 +3,8 @@
 //! three ingestion nodes dies and Redis freezes for a second along the way. At the end no valid
 //! key was ever refused, every request was accepted, and every accepted one was ingested.
 
-mod common;
-
-use common::http;
-use common::{Redis, Setup, Upstream};
+use crate::support::http;
+use crate::support::{Redis, Setup, Upstream};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,11 +1,9 @@
 //! keygate beside a real nginx, in both shipped modes: nginx in front of the proxy over a unix
 //! socket, and nginx asking the auth listener (`auth_request`) before proxying itself.
 
-mod common;
-
-use common::http::{self, Connection, Response};
-use common::nginx::Nginx;
-use common::{Redis, Setup, Upstream};
+use crate::support::http::{self, Connection, Response};
+use crate::support::nginx::Nginx;
+use crate::support::{self, Redis, Setup, Upstream};
 
 fn through(nginx: &Nginx, path: &str, headers: &[(&str, &str)]) -> Response {
     http::request(nginx.addr, "GET", path, headers, b"").unwrap()
@@ -47,7 +45,7 @@ fn nginx_auth_request_proxies_valid_keys_with_their_app_and_answers_the_rest_lik
     redis.put_key("valid-key", &[("app", "acme")]);
     redis.put_key("query-key", &[("app", "by-query")]);
     redis.put_key("tight-key", &[("app", "acme"), ("rate", "0.1"), ("burst", "1")]);
-    let auth = format!("127.0.0.1:{}", common::free_port());
+    let auth = format!("127.0.0.1:{}", support::free_port());
     let gateway = Setup::redis(&redis, &upstream)
         .extra(&format!("auth_listen: \"{auth}\"\ntrusted_proxies: [127.0.0.1/32]"))
         .start();
@@ -92,7 +90,7 @@ fn with_keygate_down_nginx_auth_request_answers_a_retryable_503() {
     let nginx = Nginx::start(
         "nginx-auth-request.conf",
         &[
-            ("server 127.0.0.1:6190;", format!("server 127.0.0.1:{};", common::free_port())),
+            ("server 127.0.0.1:6190;", format!("server 127.0.0.1:{};", support::free_port())),
             ("server 127.0.0.1:8080;", format!("server {};", upstream.addr)),
         ],
     );

@@ -1,10 +1,8 @@
 //! Hostile input: whatever a client sends, it gets a 4xx or a closed connection, never a crash,
 //! never a store read it need not cost, and nothing smuggled reaches an upstream.
 
-mod common;
-
-use common::http::Connection;
-use common::{Redis, Setup, Upstream};
+use crate::support::http::Connection;
+use crate::support::{self, Redis, Setup, Upstream};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -149,7 +147,7 @@ fn slowloris_connections_are_cut_at_the_header_deadline_and_cost_others_nothing(
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("valid-key", &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).extra("header_timeout_ms: 1000").start();
-    let timed = |gateway: &common::Gateway| {
+    let timed = |gateway: &support::Gateway| {
         let mut times: Vec<Duration> = (0..21)
             .map(|_| {
                 let started = std::time::Instant::now();

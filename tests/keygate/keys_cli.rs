@@ -1,9 +1,7 @@
 //! `keygate keys add|revoke|show` against a running gateway: changes take effect within a
 //! second (Redis) or on SIGHUP (file store), and the key itself is never stored or printed.
 
-mod common;
-
-use common::{eventually, Redis, Setup, Upstream};
+use crate::support::{eventually, Redis, Setup, Upstream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! run by the real binary, and the README's three curls answered as it says. Only the ports
 //! differ: the demo's fixed ones are replaced by free ones, and its upstream by a real one.
 
-mod common;
-
-use common::{eventually, free_port, http, Upstream};
+use crate::support::{eventually, free_port, http, Upstream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

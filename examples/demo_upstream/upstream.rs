@@ -12,7 +12,6 @@ use tokio::sync::Notify;
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
-    pub method: String,
     /// The request target: path and query.
     pub target: String,
     /// Header names lowercased, in the order received.
@@ -95,9 +94,7 @@ async fn connection(stream: TcpStream, journal: Journal, alive: Arc<AtomicBool>)
         if reader.read_line(&mut line).await? == 0 {
             return Ok(());
         }
-        let mut parts = line.split_whitespace();
-        let (method, target) =
-            (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
         let mut headers = Vec::new();
         loop {
             let mut header = String::new();
@@ -125,7 +122,7 @@ async fn connection(stream: TcpStream, journal: Journal, alive: Arc<AtomicBool>)
         if !alive.load(Ordering::SeqCst) {
             return Ok(()); // dead: the request is neither recorded nor answered
         }
-        journal.lock().unwrap_or_else(|e| e.into_inner()).push(Received { method, target, headers, body });
+        journal.lock().unwrap_or_else(|e| e.into_inner()).push(Received { target, headers, body });
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
             reply.len()

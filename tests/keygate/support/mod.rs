@@ -2,21 +2,23 @@
 //!
 //! - [`Redis`]: a `redis-server` of the test's own (never the machine's 6379), which can be
 //!   frozen (SIGSTOP), thawed, killed and restarted on the same port, and asked what it served.
-//! - [`Upstream`]: the demo ingestion node, recording what reached it.
+//! - [`Upstream`]: the demo ingestion node (`examples/demo_upstream`, the same code `make demo`
+//!   runs), recording what reached it.
 //! - [`Gateway`]: the real `keygate` binary on a config written for the test, its stderr kept.
 //! - [`http`]: a small HTTP/1.1 client that can keep a connection open and send what it likes.
-
-#![allow(dead_code)]
+//! - [`nginx`]: a real nginx running one of the shipped snippets.
 
 pub mod http;
 pub mod nginx;
+#[path = "../../../examples/demo_upstream/upstream.rs"]
+mod upstream;
 
-use keygate::demo_upstream::{DemoUpstream, Received};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use upstream::{DemoUpstream, Received};
 
 /// A port nothing listens on right now. Chosen below Linux's ephemeral range (32768 and up), so
 /// an outgoing connection of another test cannot take it between now and its bind.

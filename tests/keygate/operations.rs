@@ -1,8 +1,6 @@
 //! Operating a running gateway: reload on SIGHUP, unix-socket listeners.
 
-mod common;
-
-use common::{eventually, Redis, Setup, Upstream};
+use crate::support::{self, eventually, Redis, Setup, Upstream};
 use std::time::Duration;
 
 #[test]
@@ -282,7 +280,7 @@ fn the_per_ip_limiter_keeps_its_state_across_a_reload_that_leaves_its_rate_alone
 fn a_peer_that_stays_across_a_reload_keeps_its_health_and_gets_no_traffic() {
     let (redis, live, added) = (Redis::start(), Upstream::start(), Upstream::start());
     redis.put_key("health-key", &[("app", "acme")]);
-    let dead = format!("127.0.0.1:{}", common::free_port());
+    let dead = format!("127.0.0.1:{}", support::free_port());
     let mut setup = Setup::redis(&redis, &live).health_interval_ms(600_000);
     setup.peers = vec![dead.clone(), live.addr.to_string()];
     let gateway = setup.start();
@@ -321,7 +319,7 @@ fn a_changed_listener_on_reload_is_warned_about_and_the_old_one_keeps_serving() 
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("listen-key", &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).start();
-    let elsewhere = format!("127.0.0.1:{}", common::free_port());
+    let elsewhere = format!("127.0.0.1:{}", support::free_port());
     let old = format!("listen: [\"{}\"]", gateway.addr);
     gateway.reload(|yaml| {
         assert!(yaml.contains(&old), "{yaml}");

@@ -1,15 +1,13 @@
 //! The store misbehaves (frozen, killed, restarted): known keys keep flowing, uncached keys get
 //! a fast 503 with Retry-After (never 401 or 403), and all is well again once it is back.
 
-mod common;
-
-use common::{eventually, Redis, Setup, Upstream};
+use crate::support::{self, eventually, Redis, Setup, Upstream};
 use std::time::{Duration, Instant};
 
 /// `timeout_ms` (50) plus room for a loaded two-core machine.
 const FAST_ANSWER: Duration = Duration::from_millis(400);
 
-fn timed(gateway: &common::Gateway, key: &str) -> (common::http::Response, Duration) {
+fn timed(gateway: &support::Gateway, key: &str) -> (support::http::Response, Duration) {
     let started = Instant::now();
     let response = gateway.with_key(key);
     (response, started.elapsed())
@@ -220,7 +218,7 @@ fn a_flapping_store_never_gets_a_valid_key_refused_nor_the_bound_exceeded_nor_le
                     let known = format!("flap-key-{}", n % 10);
                     let fresh = format!("flap-key-{}", 10 + n % 390);
                     for (key, must_pass) in [(known, true), (fresh, false)] {
-                        let r = common::http::request(addr, "GET", "/", &[("X-ApiKey", &key)], b"").unwrap();
+                        let r = support::http::request(addr, "GET", "/", &[("X-ApiKey", &key)], b"").unwrap();
                         let ok = r.status == 200
                             || (!must_pass && r.status == 503 && r.header("retry-after").is_some());
                         if !ok {

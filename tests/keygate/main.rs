@@ -1,0 +1,37 @@
+//! keygate's integration tests, one crate so the suite links once: each area below starts real
+//! processes (a `redis-server` of its own, the demo upstream, the `keygate` binary, nginx) on
+//! free ports and checks what a client, the upstream and Redis saw.
+//!
+//! - [`answers`]: every row of the answer table, and what the upstream receives.
+//! - [`config_check`]: `keygate -t` on every shipped config and on a bad one.
+//! - [`filter`]: the membership filter keeps a flood of unknown keys away from Redis.
+//! - [`hostile`]: hostile input gets a 4xx or a closed connection, never a crash.
+//! - [`keys_cli`]: `keygate keys add|revoke|show` against a running gateway.
+//! - [`ledger`]: no accepted request is lost while a node dies and Redis freezes.
+//! - [`lifecycle`]: stopping and upgrading without losing a request; the shipped unit.
+//! - [`nginx`]: keygate beside a real nginx, in both shipped modes.
+//! - [`operations`]: reload on SIGHUP, unix-socket listeners.
+//! - [`quickstart`]: the README's quickstart as written.
+//! - [`rate_limits`]: per-key and per-address limits from the outside.
+//! - [`store_faults`]: the store frozen, killed, restarted.
+//! - [`store_shield`]: the store is asked as little as possible.
+//! - [`upstream_faults`]: dead, hung and resetting ingestion nodes.
+//!
+//! [`support`] is the shared harness.
+
+mod support;
+
+mod answers;
+mod config_check;
+mod filter;
+mod hostile;
+mod keys_cli;
+mod ledger;
+mod lifecycle;
+mod nginx;
+mod operations;
+mod quickstart;
+mod rate_limits;
+mod store_faults;
+mod store_shield;
+mod upstream_faults;
