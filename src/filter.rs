@@ -113,15 +113,9 @@ pub struct FilterConfig {
 }
 
 impl Default for FilterConfig {
+    /// The config's defaults, written once in [`FilterFile`](crate::config::file::FilterFile).
     fn default() -> Self {
-        use crate::config::file::defaults;
-        FilterConfig {
-            enabled: true,
-            rebuild_interval: std::time::Duration::from_secs(defaults::rebuild_interval_s()),
-            bits_per_key: defaults::bits_per_key(),
-            scan_batch: defaults::scan_batch(),
-            scan_pause: std::time::Duration::from_millis(defaults::scan_pause_ms()),
-        }
+        crate::config::file::FilterFile::default().into()
     }
 }
 

@@ -4,6 +4,7 @@
 //! an enum, so counting a request is an atomic add, with no label lookup or allocation. No
 //! label ever holds a key, a key id or a client address.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -101,117 +102,28 @@ pub struct Metrics {
     pub ip_limiter_addresses: IntGauge,
 }
 
+/// Upper bounds of `keygate_request_seconds`, from half a millisecond to ten seconds.
+const REQUEST_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of `keygate_store_query_seconds`: a lookup times out at 50 ms by default.
+const STORE_QUERY_BUCKETS: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("keygate_requests_total", "Requests by how they ended."),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new("keygate_request_seconds", "Time from request to answer, by outcome.")
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ]),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let cache_lookups = IntCounterVec::new(
-            Opts::new("keygate_cache_lookups_total", "Key cache lookups by result."),
-            &["result"],
-        )
-        .expect("valid metric");
-        let store_queries = IntCounterVec::new(
-            Opts::new("keygate_store_queries_total", "Key store queries by result."),
-            &["result"],
-        )
-        .expect("valid metric");
-        let store_query_seconds = Histogram::with_opts(
-            HistogramOpts::new("keygate_store_query_seconds", "Key store query time.").buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
-        )
-        .expect("valid metric");
-        let cache_entries =
-            IntGaugeVec::new(Opts::new("keygate_cache_entries", "Key cache entries by kind."), &["kind"])
-                .expect("valid metric");
-        let upstream_healthy = IntGaugeVec::new(
-            Opts::new("keygate_upstream_healthy", "1 while the upstream peer passes its health check."),
-            &["peer"],
-        )
-        .expect("valid metric");
-        let config_reloads = IntCounterVec::new(
-            Opts::new("keygate_config_reloads_total", "Config reloads by result."),
-            &["result"],
-        )
-        .expect("valid metric");
-        let filter_rejections = IntCounter::new(
-            "keygate_filter_rejections_total",
-            "Keys answered unknown by the membership filter, without a store query.",
-        )
-        .expect("valid metric");
-        let filter_rebuilds = IntCounterVec::new(
-            Opts::new("keygate_filter_rebuilds_total", "Membership filter rebuilds by result."),
-            &["result"],
-        )
-        .expect("valid metric");
-        let filter_keys = IntGauge::new(
-            "keygate_filter_keys",
-            "Key ids put in the membership filter: by its last build, and announced since.",
-        )
-        .expect("valid");
-        let filter_bytes =
-            IntGauge::new("keygate_filter_bytes", "Memory of the membership filter's bits.").expect("valid");
-        let filter_age_seconds = Gauge::new(
-            "keygate_filter_age_seconds",
-            "Seconds since the membership filter was last built (since start, before the first build).",
-        )
-        .expect("valid");
-        let filter_trusted = IntGauge::new(
-            "keygate_filter_trusted",
-            "1 while the filter may reject keys (built, no announcement missed since).",
-        )
-        .expect("valid metric");
-        let ip_limiter_addresses = IntGauge::new(
-            "keygate_ip_limiter_addresses",
-            "Client addresses the per-IP limiter holds state for; idle ones are forgotten every 10 s.",
-        )
-        .expect("valid metric");
-        let store_in_flight = IntGauge::new("keygate_store_lookups_in_flight", "Store lookups running now.")
-            .expect("valid metric");
-        let access_log_skipped = IntCounter::new(
-            "keygate_access_log_skipped_total",
-            "Access log lines not written: rejections sampled out, or dropped on a full queue.",
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(access_log_skipped.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(store_in_flight.clone()),
-            Box::new(filter_rejections.clone()),
-            Box::new(filter_rebuilds.clone()),
-            Box::new(filter_keys.clone()),
-            Box::new(filter_bytes.clone()),
-            Box::new(filter_age_seconds.clone()),
-            Box::new(filter_trusted.clone()),
-            Box::new(ip_limiter_addresses.clone()),
-            Box::new(requests.clone()),
-            Box::new(request_seconds.clone()),
-            Box::new(cache_lookups.clone()),
-            Box::new(store_queries.clone()),
-            Box::new(store_query_seconds.clone()),
-            Box::new(cache_entries.clone()),
-            Box::new(upstream_healthy.clone()),
-            Box::new(config_reloads.clone()),
-        ] {
-            registry.register(collector).expect("metric names are unique");
-        }
-        // Touch every label value so each series is exported from the start, at zero.
-        for result in ["ok", "error"] {
-            config_reloads.with_label_values(&[result]);
-            filter_rebuilds.with_label_values(&[result]);
-        }
-        Metrics {
+        let reg = Registrar(Registry::new());
+        let requests = reg.counters("keygate_requests_total", "Requests by how they ended.", "outcome");
+        let request_seconds = reg.histograms(
+            "keygate_request_seconds",
+            "Time from request to answer, by outcome.",
+            &REQUEST_BUCKETS,
+            "outcome",
+        );
+        let cache_lookups =
+            reg.counters("keygate_cache_lookups_total", "Key cache lookups by result.", "result");
+        let store_queries =
+            reg.counters("keygate_store_queries_total", "Key store queries by result.", "result");
+        let metrics = Metrics {
             requests: Outcome::ALL.iter().map(|o| requests.with_label_values(&[o.as_str()])).collect(),
             request_seconds: Outcome::ALL
                 .iter()
@@ -219,21 +131,61 @@ impl Metrics {
                 .collect(),
             cache_lookups: CACHE_RESULTS.iter().map(|r| cache_lookups.with_label_values(&[r])).collect(),
             store_queries: STORE_RESULTS.iter().map(|r| store_queries.with_label_values(&[r])).collect(),
-            store_query_seconds,
-            store_in_flight,
-            cache_entries,
-            upstream_healthy,
-            config_reloads,
-            filter_rejections,
-            access_log_skipped,
-            filter_rebuilds,
-            filter_keys,
-            filter_bytes,
-            filter_age_seconds,
-            filter_trusted,
-            ip_limiter_addresses,
-            registry,
+            store_query_seconds: reg.histogram(
+                "keygate_store_query_seconds",
+                "Key store query time.",
+                &STORE_QUERY_BUCKETS,
+            ),
+            store_in_flight: reg.gauge("keygate_store_lookups_in_flight", "Store lookups running now."),
+            cache_entries: reg.gauges("keygate_cache_entries", "Key cache entries by kind.", "kind"),
+            upstream_healthy: reg.gauges(
+                "keygate_upstream_healthy",
+                "1 while the upstream peer passes its health check.",
+                "peer",
+            ),
+            config_reloads: reg.counters(
+                "keygate_config_reloads_total",
+                "Config reloads by result.",
+                "result",
+            ),
+            filter_rejections: reg.counter(
+                "keygate_filter_rejections_total",
+                "Keys answered unknown by the membership filter, without a store query.",
+            ),
+            access_log_skipped: reg.counter(
+                "keygate_access_log_skipped_total",
+                "Access log lines not written: rejections sampled out, or dropped on a full queue.",
+            ),
+            filter_rebuilds: reg.counters(
+                "keygate_filter_rebuilds_total",
+                "Membership filter rebuilds by result.",
+                "result",
+            ),
+            filter_keys: reg.gauge(
+                "keygate_filter_keys",
+                "Key ids put in the membership filter: by its last build, and announced since.",
+            ),
+            filter_bytes: reg.gauge("keygate_filter_bytes", "Memory of the membership filter's bits."),
+            filter_age_seconds: reg.add(Gauge::new(
+                "keygate_filter_age_seconds",
+                "Seconds since the membership filter was last built (since start, before the first build).",
+            )),
+            filter_trusted: reg.gauge(
+                "keygate_filter_trusted",
+                "1 while the filter may reject keys (built, no announcement missed since).",
+            ),
+            ip_limiter_addresses: reg.gauge(
+                "keygate_ip_limiter_addresses",
+                "Client addresses the per-IP limiter holds state for; idle ones are forgotten every 10 s.",
+            ),
+            registry: reg.0,
+        };
+        // Touch every label value so each series is exported from the start, at zero.
+        for result in ["ok", "error"] {
+            metrics.config_reloads.with_label_values(&[result]);
+            metrics.filter_rebuilds.with_label_values(&[result]);
         }
+        metrics
     }
 
     pub fn request(&self, outcome: Outcome, elapsed: Duration) {
@@ -273,5 +225,43 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Makes metrics and registers them as it goes. Every name, help text and label here is a
+/// constant, so a failure is a programming error (an invalid or duplicate name): it panics at
+/// start, never later.
+struct Registrar(Registry);
+
+impl Registrar {
+    fn add<C: Collector + Clone + 'static>(&self, metric: prometheus::Result<C>) -> C {
+        let metric = metric.expect("a valid metric");
+        self.0.register(Box::new(metric.clone())).expect("metric names are unique");
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help))
+    }
+
+    /// Counters by one label; the caller resolves the children it counts on.
+    fn counters(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), &[label]))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help))
+    }
+
+    fn gauges(&self, name: &str, help: &str, label: &str) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), &[label]))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        self.add(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
+    }
+
+    fn histograms(&self, name: &str, help: &str, buckets: &[f64], label: &str) -> HistogramVec {
+        self.add(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &[label]))
     }
 }

@@ -91,8 +91,20 @@ impl<'t> Problems<'t> {
         self.found.push(Problem::new(&path, line, message));
     }
 
-    pub fn len(&self) -> usize {
-        self.found.len()
+    /// Records `message` about `field` unless `ok`.
+    pub fn ensure(&mut self, ok: bool, field: &str, message: impl Into<String>) {
+        if !ok {
+            self.add(field, message);
+        }
+    }
+
+    /// A field users must write, absent from top-level `section` when `None`: reported as serde
+    /// reports a missing field, under the section.
+    pub fn given<T>(&mut self, section: &str, name: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.add_shape_error(section, &format!("missing field `{name}`"));
+        }
+        value
     }
 
     pub fn is_empty(&self) -> bool {

@@ -118,3 +118,33 @@ fn bounded_fields_name_their_bounds() {
         format!("{MINIMAL}cache: {{ttl_s: 315360000, stale_s: 315360000}}\nfilter: {{bits_per_key: 32}}\n");
     assert!(parse(&at_the_bounds).is_ok());
 }
+
+#[test]
+fn a_missing_required_field_hides_no_other_problem() {
+    let text =
+        "listen: [127.0.0.1:6188]\nupstream:\n  connect_timeout_ms: 0\nstore:\n  redis: {timeout_ms: 0}\n";
+    let problems = parse(text).unwrap_err();
+    let found: Vec<(&str, Option<usize>, &str)> =
+        problems.iter().map(|p| (p.field.as_str(), p.line, p.message.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            ("upstream", Some(2), "missing field `peers`"),
+            ("upstream.connect_timeout_ms", Some(3), "must be above 0"),
+            ("store", Some(4), "missing field `url`"),
+            ("store.redis.timeout_ms", None, "must be above 0"),
+        ]
+    );
+}
+
+#[test]
+fn a_required_field_written_empty_is_not_missing() {
+    let text = "listen: [127.0.0.1:6188]\nupstream:\n  peers:\nstore:\n  file: keys.yaml\n";
+    let problems = parse(text).unwrap_err();
+    assert_eq!(fields(&problems), ["upstream.peers"]);
+}
+
+#[test]
+fn the_filters_defaults_are_the_configs() {
+    assert_eq!(parse(MINIMAL).unwrap().filter, FilterConfig::default());
+}
