@@ -211,10 +211,16 @@ impl RequestSettings {
 /// Opens the store `config` names; must run inside the background runtime (Redis connections
 /// are driven there).
 pub(crate) fn open_store(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
+    use crate::store::redis::{RedisSettings, ScanPacing};
     Ok(match &config.store.backend {
-        StoreBackend::Redis { url, prefix } => Arc::new(RedisStore::open(url, prefix, config.store.timeout)?),
+        StoreBackend::Redis { url, prefix } => Arc::new(RedisStore::open(RedisSettings {
+            url,
+            prefix,
+            timeout: config.store.timeout,
+            scan: ScanPacing { batch: config.filter.scan_batch, pause: config.filter.scan_pause },
+        })?),
         StoreBackend::File(path) => {
-            let store = FileStore::open(path).map_err(anyhow::Error::msg)?;
+            let store = FileStore::open(path)?;
             log::info!("file store: {} keys from {}", store.len(), path.display());
             Arc::new(store)
         }

@@ -43,7 +43,10 @@ pub async fn maintain(lookup: Arc<KeyLookup>, metrics: Arc<Metrics>) {
                 spread(filter.config.rebuild_interval)
             }
             Err(e) => {
-                log::warn!("membership filter rebuild failed ({e}); rejecting nothing until one succeeds");
+                let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                log::warn!(
+                    "membership filter rebuild failed ({e}{cause}); rejecting nothing until one succeeds"
+                );
                 metrics.filter_rebuild(false);
                 let wait = retry;
                 retry = (retry * 2).min(MAX_RETRY);
@@ -80,8 +83,7 @@ async fn rebuild(
             false => store.count_hint().await?,
         };
         let bloom = Bloom::new(expected, filter.config.bits_per_key);
-        let (batch, pause) = (filter.config.scan_batch, filter.config.scan_pause);
-        let count = store.scan_ids(batch, pause, &mut |id| bloom.insert(&id)).await?;
+        let count = store.scan_ids(&mut |id| bloom.insert(&id)).await?;
         Ok((bloom, count))
     };
     match scanned.await {
