@@ -1,5 +1,5 @@
-//! The command line (the contract's): run, check a config, upgrade a running instance, or
-//! manage keys.
+//! The command line, as the README's "Command line" documents it: run, check a config, upgrade
+//! a running instance, or manage keys.
 
 use crate::config::{Config, StoreBackend};
 use crate::keys::{self, KeyCommand};
@@ -94,7 +94,8 @@ pub fn run(args: Args) -> i32 {
         // The key file is part of what a start would read: a broken one fails the check too.
         if let StoreBackend::File(keys) = &config.store.backend {
             if let Err(problems) = read_keys(keys) {
-                eprintln!("store.file: {problems}");
+                // `:#` prints the cause too (the I/O or YAML error), as a start would log it.
+                eprintln!("store.file: {:#}", anyhow::Error::new(problems));
                 return 1;
             }
         }

@@ -100,8 +100,7 @@ fn in_file(path: &Path, id: KeyId, command: KeyCommand) -> anyhow::Result<String
         }
         KeyCommand::Revoke => {
             let at = position.with_context(|| format!("no record for key id {id}"))?;
-            let mut record = crate::store::file::read_keys(path)
-                .map_err(anyhow::Error::msg)?
+            let mut record = crate::store::file::read_keys(path)?
                 .remove(&id)
                 .with_context(|| format!("no record for key id {id}"))?;
             record.status = "revoked".into();
@@ -109,7 +108,7 @@ fn in_file(path: &Path, id: KeyId, command: KeyCommand) -> anyhow::Result<String
             format!("revoked key id {id} in {}; {reload}", path.display())
         }
         KeyCommand::Show => {
-            let records = crate::store::file::read_keys(path).map_err(anyhow::Error::msg)?;
+            let records = crate::store::file::read_keys(path)?;
             let record = records.get(&id).with_context(|| format!("no record for key id {id}"))?;
             return Ok(describe(id, record));
         }

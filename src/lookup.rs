@@ -209,7 +209,7 @@ impl KeyLookup {
                 Verdict::Unknown
             }
             Ok(Err(e)) => {
-                log::debug!("lookup of key id {id} failed: {e}");
+                log::debug!("lookup of key id {id} failed: {}", e.with_cause());
                 return Err(LookupError::Unavailable);
             }
             Err(_) => return Err(LookupError::Unavailable),

@@ -4,8 +4,8 @@
 use crate::admin::Admin;
 use crate::auth::AuthApp;
 use crate::config::{Config, Listener};
+use crate::connection::WithHeaderDeadline;
 use crate::gateway::Gateway;
-use crate::header_deadline::WithHeaderDeadline;
 use crate::proxy::KeyGateProxy;
 use anyhow::Context;
 use pingora::prelude::*;

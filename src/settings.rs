@@ -10,7 +10,8 @@ use crate::client_ip::ClientAddress;
 use crate::config::{Config, StoreBackend};
 use crate::limit::IpLimiter;
 use crate::lookup::LookupSettings;
-use crate::store::{file::FileStore, redis::RedisStore, KeyStore};
+use crate::store::redis::{RedisSettings, RedisStore, ScanPacing};
+use crate::store::{file::FileStore, KeyStore};
 use std::sync::Arc;
 
 /// Everything a reload can change, as one immutable value.
@@ -103,9 +104,14 @@ impl Settings {
 /// Opens the store `config` names; must run inside the runtime that drives its connections.
 fn open_store(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
     Ok(match &config.store.backend {
-        StoreBackend::Redis { url, prefix } => Arc::new(RedisStore::open(url, prefix, config.store.timeout)?),
+        StoreBackend::Redis { url, prefix } => Arc::new(RedisStore::open(RedisSettings {
+            url,
+            prefix,
+            timeout: config.store.timeout,
+            scan: ScanPacing { batch: config.filter.scan_batch, pause: config.filter.scan_pause },
+        })?),
         StoreBackend::File(path) => {
-            let store = FileStore::open(path).map_err(anyhow::Error::msg)?;
+            let store = FileStore::open(path)?;
             log::info!("file store: {} keys from {}", store.len(), path.display());
             Arc::new(store)
         }

@@ -45,7 +45,10 @@ pub async fn maintain(lookup: Arc<KeyLookup>, settings: Arc<ArcSwap<Settings>>, 
                 spread(filter.config.rebuild_interval)
             }
             Err(e) => {
-                log::warn!("membership filter rebuild failed ({e}); rejecting nothing until one succeeds");
+                log::warn!(
+                    "membership filter rebuild failed ({}); rejecting nothing until one succeeds",
+                    e.with_cause()
+                );
                 metrics.filter_rebuild(false);
                 let wait = retry;
                 retry = (retry * 2).min(MAX_RETRY);
@@ -82,8 +85,7 @@ async fn rebuild(
             false => store.count_hint().await?,
         };
         let bloom = Bloom::new(expected, filter.config.bits_per_key);
-        let (batch, pause) = (filter.config.scan_batch, filter.config.scan_pause);
-        let count = store.scan_ids(batch, pause, &mut |id| bloom.insert(&id)).await?;
+        let count = store.scan_ids(&mut |id| bloom.insert(&id)).await?;
         Ok((bloom, count))
     };
     match scanned.await {

@@ -7,16 +7,15 @@
 //!     rate: 50               # optional: rate, burst, status, expires as in Redis
 //! ```
 //!
-//! The file is read whole at start (and on reload); lookups never touch the disk.
+//! The file is read whole when the store is opened (at start, and on every reload, which opens
+//! a new store); lookups never touch the disk.
 
-use super::{KeyRecord, KeyStore, StoreError};
+use super::{KeyRecord, KeyStore, RecordError, StoreError};
 use crate::key::{ApiKey, KeyId};
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,52 +37,81 @@ struct KeyEntry {
     expires: Option<u64>,
 }
 
+/// Why a key file was refused. Each message names the file; none prints a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{}: cannot read", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML, or not the shape of a key file. serde's message may quote a value, but never a
+    /// `key:`'s: that field takes any value, and one that is not a string is an entry problem.
+    #[error("{}: cannot parse", path.display())]
+    Unparsable {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// Every entry that is wrong, not only the first.
+    #[error("{}: {}", path.display(), list(problems))]
+    Entries { path: PathBuf, problems: Vec<EntryProblem> },
+}
+
+/// What is wrong with one entry, `keys[entry]`.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("keys[{entry}].key: must be a string (quote it)")]
+    KeyNotAString { entry: usize },
+    #[error("keys[{entry}]: exactly one of `key` or `id` (64 hex digits) is required")]
+    NoKeyOrId { entry: usize },
+    #[error("keys[{entry}]: {error}")]
+    Record { entry: usize, error: RecordError },
+}
+
+fn list(problems: &[EntryProblem]) -> String {
+    problems.iter().map(EntryProblem::to_string).collect::<Vec<_>>().join("; ")
+}
+
 pub struct FileStore {
-    path: PathBuf,
-    records: RwLock<Arc<HashMap<KeyId, KeyRecord>>>,
+    records: HashMap<KeyId, KeyRecord>,
 }
 
 impl FileStore {
-    pub fn open(path: &Path) -> Result<Self, String> {
-        let records = read_keys(path)?;
-        Ok(FileStore { path: path.to_path_buf(), records: RwLock::new(Arc::new(records)) })
-    }
-
-    /// Re-reads the file; on error the keys already loaded stay.
-    pub fn reload(&self) -> Result<usize, String> {
-        let records = read_keys(&self.path)?;
-        let count = records.len();
-        *self.records.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(records);
-        Ok(count)
+    pub fn open(path: &Path) -> Result<Self, KeyFileError> {
+        Ok(FileStore { records: read_keys(path)? })
     }
 
     pub fn len(&self) -> usize {
-        self.records.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.records.is_empty()
     }
 }
 
 /// Reads and checks a key file, naming the entry of every problem.
-pub fn read_keys(path: &Path) -> Result<HashMap<KeyId, KeyRecord>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let file: KeyFile = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_keys(path: &Path) -> Result<HashMap<KeyId, KeyRecord>, KeyFileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| KeyFileError::Unreadable { path: path.to_path_buf(), source })?;
+    let file: KeyFile = serde_yaml::from_str(&text)
+        .map_err(|source| KeyFileError::Unparsable { path: path.to_path_buf(), source })?;
     let mut records = HashMap::with_capacity(file.keys.len());
     let mut problems = Vec::new();
     for (i, entry) in file.keys.into_iter().enumerate() {
         let id = match (&entry.key, &entry.id) {
             (Some(serde_yaml::Value::String(key)), None) => Some(ApiKey::from_cli(key).id()),
             (Some(_), None) => {
-                problems.push(format!("keys[{i}].key: must be a string (quote it)"));
+                problems.push(EntryProblem::KeyNotAString { entry: i });
                 continue;
             }
             (None, Some(hex_id)) => KeyId::from_hex(hex_id),
             _ => None,
         };
         let Some(id) = id else {
-            problems.push(format!("keys[{i}]: exactly one of `key` or `id` (64 hex digits) is required"));
+            problems.push(EntryProblem::NoKeyOrId { entry: i });
             continue;
         };
         let record = KeyRecord {
@@ -97,19 +125,19 @@ pub fn read_keys(path: &Path) -> Result<HashMap<KeyId, KeyRecord>, String> {
             Ok(record) => {
                 records.insert(id, record);
             }
-            Err(e) => problems.push(format!("keys[{i}]: {e}")),
+            Err(error) => problems.push(EntryProblem::Record { entry: i, error }),
         }
     }
     match problems.is_empty() {
         true => Ok(records),
-        false => Err(format!("{}: {}", path.display(), problems.join("; "))),
+        false => Err(KeyFileError::Entries { path: path.to_path_buf(), problems }),
     }
 }
 
 #[async_trait]
 impl KeyStore for FileStore {
     async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.records.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned())
+        Ok(self.records.get(id).cloned())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -120,15 +148,9 @@ impl KeyStore for FileStore {
         Ok(self.len())
     }
 
-    async fn scan_ids(
-        &self,
-        _batch: usize,
-        _pause: Duration,
-        each: &mut (dyn FnMut(KeyId) + Send),
-    ) -> Result<usize, StoreError> {
-        let records = Arc::clone(&self.records.read().unwrap_or_else(|e| e.into_inner()));
-        records.keys().for_each(|id| each(*id));
-        Ok(records.len())
+    async fn scan_ids(&self, each: &mut (dyn FnMut(KeyId) + Send)) -> Result<usize, StoreError> {
+        self.records.keys().for_each(|id| each(*id));
+        Ok(self.len())
     }
 }
 
@@ -159,20 +181,35 @@ mod tests {
         let path = dir.path().join("keys.yaml");
         std::fs::write(&path, "keys:\n  - key: 987654321\n    app: a\n  - key: '987654321'\n    app: b\n")
             .unwrap();
-        let err = read_keys(&path).unwrap_err();
+        let err = read_keys(&path).unwrap_err().to_string();
         assert!(err.contains("keys[0].key: must be a string"), "{err}");
         assert!(!err.contains("987654321") && !err.contains("keys[1]"), "{err}");
     }
 
     #[test]
-    fn a_bad_file_names_each_entry_and_keeps_the_old_keys() {
+    fn a_bad_file_names_each_entry() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.yaml");
-        std::fs::write(&path, "keys:\n  - key: k\n    app: a\n").unwrap();
-        let store = FileStore::open(&path).unwrap();
-        std::fs::write(&path, "keys:\n  - app: a\n  - key: k\n    app: ''\n").unwrap();
-        let err = store.reload().unwrap_err();
-        assert!(err.contains("keys[0]") && err.contains("keys[1]"), "{err}");
-        assert_eq!(store.len(), 1);
+        std::fs::write(&path, "keys:\n  - app: a\n  - key: k\n    app: ''\n  - key: fine\n    app: b\n")
+            .unwrap();
+        let err = read_keys(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: ", path.display())), "{err}");
+        assert!(err.contains("keys[0]: exactly one of `key` or `id`"), "{err}");
+        assert!(err.contains("keys[1]: field `app` is empty"), "{err}");
+        assert!(!err.contains("keys[2]") && !err.contains("fine"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_or_unparsable_file_says_which_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        let err = read_keys(&path).unwrap_err();
+        assert!(matches!(err, KeyFileError::Unreadable { .. }), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
+        std::fs::write(&path, "keys: [").unwrap();
+        let err = read_keys(&path).unwrap_err();
+        assert!(matches!(err, KeyFileError::Unparsable { .. }), "{err}");
+        assert_eq!(err.to_string(), format!("{}: cannot parse", path.display()));
+        assert!(std::error::Error::source(&err).is_some());
     }
 }

@@ -24,10 +24,6 @@ impl MemoryStore {
         self.records.lock().unwrap().insert(id, record);
     }
 
-    pub fn remove(&self, id: &KeyId) {
-        self.records.lock().unwrap().remove(id);
-    }
-
     /// While set, every lookup fails as if the store were unreachable.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
@@ -49,7 +45,7 @@ impl KeyStore for MemoryStore {
         // The answer is taken when the query arrives and delivered after the delay, like a reply
         // still on the wire.
         let answer = match self.failing.load(Ordering::SeqCst) {
-            true => Err(StoreError::Unreachable("memory store set to fail".into())),
+            true => Err(set_to_fail()),
             false => Ok(self.records.lock().unwrap().get(id).cloned()),
         };
         let delay = *self.delay.lock().unwrap();
@@ -61,7 +57,7 @@ impl KeyStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         match self.failing.load(Ordering::SeqCst) {
-            true => Err(StoreError::Unreachable("memory store set to fail".into())),
+            true => Err(set_to_fail()),
             false => Ok(()),
         }
     }
@@ -70,17 +66,16 @@ impl KeyStore for MemoryStore {
         Ok(self.records.lock().unwrap().len())
     }
 
-    async fn scan_ids(
-        &self,
-        _batch: usize,
-        _pause: Duration,
-        each: &mut (dyn FnMut(KeyId) + Send),
-    ) -> Result<usize, StoreError> {
+    async fn scan_ids(&self, each: &mut (dyn FnMut(KeyId) + Send)) -> Result<usize, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unreachable("memory store set to fail".into()));
+            return Err(set_to_fail());
         }
         let ids: Vec<KeyId> = self.records.lock().unwrap().keys().copied().collect();
         ids.iter().for_each(|id| each(*id));
         Ok(ids.len())
     }
+}
+
+fn set_to_fail() -> StoreError {
+    StoreError::unreachable("memory store set to fail")
 }

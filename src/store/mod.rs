@@ -14,15 +14,30 @@ pub mod redis;
 use crate::key::KeyId;
 use async_trait::async_trait;
 pub use record::{KeyRecord, RecordError};
-use std::time::Duration;
 
 /// Why the store could not answer. Never a reason to call a key unknown.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store unreachable: {0}")]
-    Unreachable(String),
+    /// The store's own error says why: Redis's, or the memory store's switch.
+    #[error("store unreachable")]
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("store lookup timed out")]
     Timeout,
+}
+
+impl StoreError {
+    /// An unreachable store, and why.
+    pub fn unreachable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Unreachable(cause.into())
+    }
+
+    /// The error and its cause, for a log line.
+    pub fn with_cause(&self) -> String {
+        match std::error::Error::source(self) {
+            Some(cause) => format!("{self}: {cause}"),
+            None => self.to_string(),
+        }
+    }
 }
 
 /// Where key records live.
@@ -37,12 +52,7 @@ pub trait KeyStore: Send + Sync + 'static {
     /// About how many key ids the store holds (at least as many), to size the filter.
     async fn count_hint(&self) -> Result<usize, StoreError>;
 
-    /// Calls `each` with every key id in the store, `batch` at a time with `pause` between
-    /// batches; returns how many there were.
-    async fn scan_ids(
-        &self,
-        batch: usize,
-        pause: Duration,
-        each: &mut (dyn FnMut(KeyId) + Send),
-    ) -> Result<usize, StoreError>;
+    /// Calls `each` with every key id in the store; returns how many there were. A store that
+    /// must spare its server (Redis) paces the scan as it was opened to.
+    async fn scan_ids(&self, each: &mut (dyn FnMut(KeyId) + Send)) -> Result<usize, StoreError>;
 }

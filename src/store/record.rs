@@ -1,4 +1,4 @@
-//! A key's record, as the contract's data model defines it (a Redis hash, or a file entry).
+//! A key's record, as the README's Redis data model defines it (a Redis hash, or a file entry).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const MIN_RATE: f64 = 1e-6;
 pub const MAX_RATE: f64 = 1e9;
 
-/// The longest `app` the contract allows.
+/// The longest `app` the data model allows.
 pub const MAX_APP_LEN: usize = 128;
 
 /// What the store knows about one key.
@@ -153,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_contracts_fields() {
+    fn parses_the_data_models_fields() {
         let r = KeyRecord::from_fields(&fields(&[
             ("app", "acme"),
             ("rate", "2.5"),

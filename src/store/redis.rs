@@ -1,4 +1,4 @@
-//! The Redis store: one hash per key id at `{prefix}key:{id}` (the contract's data model).
+//! The Redis store: one hash per key id at `{prefix}key:{id}` (the README's Redis data model).
 //!
 //! Lookups go over one multiplexed connection that reconnects by itself (redis-rs's
 //! `ConnectionManager`, created lazily so the gateway starts even while Redis is down). The
@@ -20,13 +20,37 @@ pub struct RedisStore {
     client: redis::Client,
     prefix: String,
     timeout: Duration,
+    /// How `scan_ids` paces itself: of the stores, only this one has a server a scan could slow.
+    scan: ScanPacing,
+}
+
+/// What the Redis store is opened with.
+pub struct RedisSettings<'a> {
+    /// `store.redis.url`.
+    pub url: &'a str,
+    /// `store.redis.prefix`: every name the store reads starts with it.
+    pub prefix: &'a str,
+    /// A lookup's bound (`store.redis.timeout_ms`), which the connection's own timeouts follow.
+    pub timeout: Duration,
+    pub scan: ScanPacing,
+}
+
+/// How the membership filter's rebuild walks the key space (`filter.scan_batch`,
+/// `filter.scan_pause_ms`): a page at a time with a pause between pages, so that a rebuild never
+/// holds Redis long enough to slow the lookups sharing it.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanPacing {
+    /// Names asked for per SCAN page (its COUNT).
+    pub batch: usize,
+    pub pause: Duration,
 }
 
 impl RedisStore {
     /// Opens the store lazily; must be called inside the tokio runtime that will drive the
     /// connection.
-    pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unreachable)?;
+    pub fn open(settings: RedisSettings<'_>) -> Result<Self, StoreError> {
+        let RedisSettings { url, prefix, timeout, scan } = settings;
+        let client = redis::Client::open(url).map_err(StoreError::unreachable)?;
         let scan_client = client.clone();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
@@ -35,17 +59,14 @@ impl RedisStore {
             .set_response_timeout(Some(timeout + Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(unreachable)?;
-        Ok(RedisStore { connection, client: scan_client, prefix: prefix.to_string(), timeout })
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::unreachable)?;
+        Ok(RedisStore { connection, client: scan_client, prefix: prefix.to_string(), timeout, scan })
     }
 
     pub fn record_key(prefix: &str, id: &KeyId) -> String {
         format!("{prefix}key:{id}")
     }
-}
-
-fn unreachable(e: redis::RedisError) -> StoreError {
-    StoreError::Unreachable(e.to_string())
 }
 
 #[async_trait]
@@ -56,7 +77,7 @@ impl KeyStore for RedisStore {
             .arg(Self::record_key(&self.prefix, id))
             .query_async(&mut connection)
             .await
-            .map_err(unreachable)?;
+            .map_err(StoreError::unreachable)?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -68,20 +89,15 @@ impl KeyStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(unreachable)
+        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(StoreError::unreachable)
     }
 
     async fn count_hint(&self) -> Result<usize, StoreError> {
         let mut connection = self.connection.clone();
-        redis::cmd("DBSIZE").query_async(&mut connection).await.map_err(unreachable)
+        redis::cmd("DBSIZE").query_async(&mut connection).await.map_err(StoreError::unreachable)
     }
 
-    async fn scan_ids(
-        &self,
-        batch: usize,
-        pause: Duration,
-        each: &mut (dyn FnMut(KeyId) + Send),
-    ) -> Result<usize, StoreError> {
+    async fn scan_ids(&self, each: &mut (dyn FnMut(KeyId) + Send)) -> Result<usize, StoreError> {
         let mut connection = self.scan_connection().await?;
         // The prefix is literal: escape what SCAN's MATCH would read as a glob.
         let literal: String = self
@@ -97,12 +113,12 @@ impl KeyStore for RedisStore {
         let (mut cursor, mut count) = (0u64, 0usize);
         loop {
             let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(batch);
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(self.scan.batch);
             let page = scan.query_async::<(u64, Vec<String>)>(&mut connection);
             let (next, names) = tokio::time::timeout(self.scan_timeout(), page)
                 .await
                 .map_err(|_| StoreError::Timeout)?
-                .map_err(unreachable)?;
+                .map_err(StoreError::unreachable)?;
             for name in &names {
                 if let Some(id) = name.strip_prefix(&names_start).and_then(KeyId::from_hex) {
                     each(id);
@@ -113,7 +129,7 @@ impl KeyStore for RedisStore {
                 return Ok(count);
             }
             cursor = next;
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(self.scan.pause).await;
         }
     }
 }
@@ -124,7 +140,7 @@ impl RedisStore {
         tokio::time::timeout(self.scan_timeout(), connect)
             .await
             .map_err(|_| StoreError::Timeout)?
-            .map_err(unreachable)
+            .map_err(StoreError::unreachable)
     }
 
     /// A page of SCAN is more work than a lookup; it still must not hang a rebuild for ever.
