@@ -32,6 +32,7 @@ pub mod client_ip;
 pub mod config;
 pub mod decide;
 pub mod demo_upstream;
+pub(crate) mod edge;
 pub mod extract;
 pub mod filter;
 pub mod gateway;
