@@ -1,11 +1,10 @@
 //! The gateway's own answers: every rejection of the contract's table, with its status, JSON
 //! body and `Retry-After`.
 //!
-//! Before answering, a small request body is read and thrown away: Pingora closes a connection
-//! whose request body was left unread, and a client that must reconnect after every rejection
-//! costs several times the work. A body past the bound (in size or time) is not waited for;
-//! that connection is closed instead.
+//! Before answering, a small request body is read and thrown away (`edge::drain_body`), so the
+//! client keeps its connection.
 
+use crate::edge;
 use crate::limit::Limited;
 use crate::metrics::Outcome;
 use bytes::Bytes;
@@ -13,9 +12,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::Duration;
 
-/// The most request body read and discarded to keep a rejected client's connection open.
-const DRAIN_MAX_BYTES: usize = 64 * 1024;
-/// The longest a rejection waits for that body.
+/// The longest a rejection waits for the request body.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
 /// What a 503 asks the client to wait: store trouble is usually over in about a second.
 const RETRY_AFTER_UNAVAILABLE: u64 = 1;
@@ -108,39 +105,9 @@ impl Rejection {
 
 /// Answers `rejection` on a proxied request, keeping the connection open where it can.
 pub async fn reject(session: &mut Session, rejection: Rejection) -> pingora::Result<()> {
-    if !drain_body(session).await {
-        session.set_keepalive(None);
-    }
+    edge::drain_body(session, DRAIN_DEADLINE).await;
     session.write_response_header(Box::new(rejection.response_header()), false).await?;
     session.write_response_body(Some(Bytes::from_static(rejection.body().as_bytes())), true).await
-}
-
-/// Reads and discards the request body within the bounds; false when it could not.
-async fn drain_body(session: &mut Session) -> bool {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > DRAIN_MAX_BYTES) {
-        return false;
-    }
-    let drain = async {
-        let mut read = 0;
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    read += chunk.len();
-                    if read > DRAIN_MAX_BYTES {
-                        return false;
-                    }
-                }
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
-    };
-    tokio::time::timeout(DRAIN_DEADLINE, drain).await.unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! forward; otherwise the very status, body and headers the proxy would send. A query key is
 //! read from `X-Original-URI` (nginx: `proxy_set_header X-Original-URI $request_uri;`).
 
-use crate::access_log::Entry;
 use crate::answer::Rejection;
 use crate::decide::{decide, RequestFacts};
+use crate::edge::{self, Finished};
 use crate::gateway::Gateway;
 use crate::metrics::Outcome;
 use async_trait::async_trait;
@@ -15,8 +15,7 @@ use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// An auth subrequest carries no body; anything past this is not waited for.
-const DRAIN_MAX_BYTES: usize = 64 * 1024;
+/// An auth subrequest carries no body, so what one sends anyway is not waited for long.
 const DRAIN_DEADLINE: Duration = Duration::from_millis(200);
 
 pub struct AuthApp {
@@ -37,11 +36,11 @@ impl ServeHttp for AuthApp {
         let original: Option<http::Uri> =
             request.headers.get("x-original-uri").and_then(|v| v.to_str().ok()?.parse().ok());
         let query = original.as_ref().map_or(request.uri.query(), |uri| uri.query());
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let settings = self.gateway.settings.load_full();
-        let facts = RequestFacts { headers: &request.headers, query, peer };
+        let facts = RequestFacts { headers: &request.headers, query, peer: edge::client_peer(session) };
         let decision = decide(&self.gateway, &settings, &facts).await;
-        if !drain(session).await || self.gateway.is_draining() {
+        edge::drain_body(session, DRAIN_DEADLINE).await;
+        if self.gateway.is_draining() {
             session.set_keepalive(None);
         }
         let (response, outcome) = match &decision {
@@ -53,25 +52,15 @@ impl ServeHttp for AuthApp {
         };
         let response = response
             .unwrap_or_else(|_| Response::builder().status(500).body(Vec::new()).expect("a bare 500"));
-        let elapsed = started.elapsed();
-        self.gateway.metrics.request(outcome, elapsed);
-        if let Some(log) = &self.gateway.access_log {
-            let request = session.req_header();
-            let client = settings.client_address.resolve(
-                peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-                &request.headers,
-            );
-            log.record(&Entry {
-                client: Some(client),
-                method: request.method.as_str(),
-                path: original.as_ref().map_or(request.uri.path(), |uri| uri.path()),
-                status: response.status().as_u16(),
-                outcome,
-                app: decision.as_ref().ok().map(|g| &*g.app),
-                upstream: None,
-                duration: elapsed,
-            });
-        }
+        let finished = Finished {
+            started,
+            outcome,
+            path: original.as_ref().map_or(session.req_header().uri.path(), |uri| uri.path()),
+            status: response.status().as_u16(),
+            app: decision.as_ref().ok().map(|g| &*g.app),
+            upstream: None,
+        };
+        edge::record(&self.gateway, &settings, session, finished);
         response
     }
 }
@@ -86,18 +75,4 @@ fn rejected(rejection: Rejection) -> http::Result<Response<Vec<u8>>> {
         response = response.header(name, value);
     }
     response.body(rejection.body().as_bytes().to_vec())
-}
-
-async fn drain(session: &mut ServerSession) -> bool {
-    let drain = async {
-        let mut read = 0;
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) if read + chunk.len() <= DRAIN_MAX_BYTES => read += chunk.len(),
-                Ok(Some(_)) | Err(_) => return false,
-                Ok(None) => return true,
-            }
-        }
-    };
-    tokio::time::timeout(DRAIN_DEADLINE, drain).await.unwrap_or(false)
 }

@@ -10,7 +10,7 @@ use crate::grant::Grant;
 use crate::lookup::{LookupError, Verdict};
 use crate::settings::Settings;
 use http::HeaderMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// What a request carries that the decision reads.
@@ -18,9 +18,8 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The query string, where a query key may be.
     pub query: Option<&'a str>,
-    /// The connecting peer; `None` for a unix-socket peer (a local nginx), which counts as
-    /// loopback.
-    pub peer: Option<IpAddr>,
+    /// The connecting peer; loopback for a unix-socket peer (a local nginx).
+    pub peer: IpAddr,
 }
 
 /// The grant to forward the request under, or why not, by the `settings` the request loaded.
@@ -29,10 +28,7 @@ pub async fn decide(
     settings: &Settings,
     request: &RequestFacts<'_>,
 ) -> Result<Arc<Grant>, Rejection> {
-    let client = || {
-        let peer = request.peer.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        limit_key(settings.client_address.resolve(peer, request.headers))
-    };
+    let client = || limit_key(settings.client_address.resolve(request.peer, request.headers));
     // Requests without a usable key are charged to their client's address.
     let charge = || settings.ip_limiter.check(client()).map_err(Rejection::RateLimited);
     let id = match settings.config.api_key.extract(request.headers, request.query) {

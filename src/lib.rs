@@ -33,6 +33,7 @@ pub mod client_ip;
 pub mod config;
 pub(crate) mod connection;
 pub mod decide;
+pub(crate) mod edge;
 pub mod extract;
 pub mod filter;
 pub mod gateway;

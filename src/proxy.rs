@@ -14,9 +14,9 @@
 //!
 //! `request_filter` returning `Ok(true)` means the gateway answered and nothing is forwarded.
 
-use crate::access_log::Entry;
 use crate::answer::{self, Rejection};
 use crate::decide::{decide, RequestFacts};
+use crate::edge::{self, Finished};
 use crate::extract::KeySource;
 use crate::gateway::Gateway;
 use crate::grant::Grant;
@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,11 +53,6 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
 }
 
-/// The connecting peer's address; `None` for a unix-socket peer.
-fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
-}
-
 #[async_trait]
 impl ProxyHttp for KeyGateProxy {
     type CTX = RequestCtx;
@@ -74,8 +69,11 @@ impl ProxyHttp for KeyGateProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request = session.req_header();
-        let facts =
-            RequestFacts { headers: &request.headers, query: request.uri.query(), peer: peer_ip(session) };
+        let facts = RequestFacts {
+            headers: &request.headers,
+            query: request.uri.query(),
+            peer: edge::client_peer(session),
+        };
         match decide(&self.gateway, &ctx.settings, &facts).await {
             Ok(grant) => {
                 ctx.grant = Some(grant);
@@ -157,7 +155,7 @@ impl ProxyHttp for KeyGateProxy {
                 .map_err(|_| Error::explain(ErrorType::InternalError, "app is not a header value"))?;
             upstream.insert_header("X-Keygate-App", app)?;
         }
-        let peer = peer_ip(session).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)).to_string();
+        let peer = edge::client_peer(session).to_string();
         let forwarded = match upstream
             .headers
             .get_all("x-forwarded-for")
@@ -184,22 +182,15 @@ impl ProxyHttp for KeyGateProxy {
             }
             _ => Outcome::Forwarded,
         };
-        let elapsed = ctx.started.elapsed();
-        self.gateway.metrics.request(outcome, elapsed);
-        if let Some(log) = &self.gateway.access_log {
-            let request = session.req_header();
-            let peer = peer_ip(session).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-            log.record(&Entry {
-                client: Some(ctx.settings.client_address.resolve(peer, &request.headers)),
-                method: request.method.as_str(),
-                path: request.uri.path(),
-                status: session.response_written().map_or(0, |r| r.status.as_u16()),
-                outcome,
-                app: ctx.grant.as_ref().map(|g| &*g.app),
-                upstream: ctx.tried.last().copied(),
-                duration: elapsed,
-            });
-        }
+        let finished = Finished {
+            started: ctx.started,
+            outcome,
+            path: session.req_header().uri.path(),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            app: ctx.grant.as_ref().map(|g| &*g.app),
+            upstream: ctx.tried.last().copied(),
+        };
+        edge::record(&self.gateway, &ctx.settings, session, finished);
     }
 
     /// Pingora's default summary holds the query string, where a key may be: never log it.
