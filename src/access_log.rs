@@ -11,12 +11,13 @@
 use crate::config::AccessLogConfig;
 use crate::metrics::Outcome;
 use governor::{DefaultDirectRateLimiter, Quota};
+use prometheus::IntCounter;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,13 +45,14 @@ pub struct AccessLog {
     /// Asks the writer to open its file again, before its next line.
     reopen: Arc<AtomicBool>,
     rejections: DefaultDirectRateLimiter,
-    /// Lines not written: sampled out, or dropped on a full queue.
-    pub skipped: AtomicU64,
+    /// Lines not written: sampled out, or dropped on a full queue
+    /// (`keygate_access_log_skipped_total`).
+    skipped: IntCounter,
 }
 
 impl AccessLog {
-    /// Opens the log and starts its writer thread.
-    pub fn open(config: &AccessLogConfig) -> std::io::Result<AccessLog> {
+    /// Opens the log and starts its writer thread; lines not written are counted in `skipped`.
+    pub fn open(config: &AccessLogConfig, skipped: IntCounter) -> std::io::Result<AccessLog> {
         let sink = Sink::open(config.path.clone())?;
         let (lines, queue) = sync_channel(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
@@ -63,7 +65,7 @@ impl AccessLog {
             lines,
             reopen,
             rejections: DefaultDirectRateLimiter::direct(Quota::per_second(per_second)),
-            skipped: AtomicU64::new(0),
+            skipped,
         })
     }
 
@@ -74,13 +76,13 @@ impl AccessLog {
 
     pub fn record(&self, entry: &Entry<'_>) {
         if entry.outcome != Outcome::Forwarded && self.rejections.check().is_err() {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
+            self.skipped.inc();
             return;
         }
         match self.lines.try_send(format_line(entry, SystemTime::now())) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.skipped.fetch_add(1, Ordering::Relaxed);
+                self.skipped.inc();
             }
         }
     }

@@ -52,7 +52,8 @@ impl Gateway {
         let background = Background::new()?;
         let metrics = Arc::new(Metrics::new());
         let lookup = Arc::new(KeyLookup::new(&config.cache, config.filter, Arc::clone(&metrics)));
-        let access_log = config.access_log.as_ref().map(AccessLog::open).transpose()?;
+        let skipped = metrics.access_log_skipped.clone();
+        let access_log = config.access_log.as_ref().map(|log| AccessLog::open(log, skipped)).transpose()?;
         let health_check = config.upstream.health_check.clone();
         let settings = {
             let _in_runtime = background.runtime().enter();
@@ -70,6 +71,9 @@ impl Gateway {
         let peers = Arc::clone(&settings);
         let (upstreams, health_service) =
             Upstreams::new(&health_check, move || peers.load().config.upstream.peers.clone());
+        lookup.register_gauges(&metrics);
+        upstreams.register_gauges(&metrics);
+        Settings::register_gauges(&settings, &metrics);
         let gateway = Arc::new(Gateway {
             settings,
             lookup,

@@ -24,6 +24,7 @@ use crate::metrics::{CacheResult, Metrics, StoreResult};
 use crate::store::KeyStore;
 use admission::Admission;
 use flights::Flights;
+use prometheus::{Gauge, IntGaugeVec, Opts};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,9 @@ pub enum Announcement {
     Key(KeyId),
     Everything,
 }
+
+/// How a gauge reads its value from the lookup.
+type Reading = fn(&KeyLookup) -> f64;
 
 /// What a lookup reads from the settings snapshot: the store and how to use it.
 pub struct LookupSettings {
@@ -220,6 +224,49 @@ impl KeyLookup {
             self.cache.forget(&id);
         }
         Ok(verdict)
+    }
+
+    /// Registers what the lookup exposes at each scrape: its cache's entries, the store queries
+    /// running, and its filter's size, age and trust.
+    pub fn register_gauges(self: &Arc<Self>, metrics: &Metrics) {
+        let this = Arc::downgrade(self);
+        let read = move |read: Reading| {
+            let this = this.clone();
+            move |gauge: &Gauge| gauge.set(this.upgrade().map_or(0.0, |lookup| read(&lookup)))
+        };
+        let entries = Arc::downgrade(self);
+        metrics.sampled(
+            IntGaugeVec::new(Opts::new("keygate_cache_entries", "Key cache entries by kind."), &["kind"]),
+            move |gauge| {
+                let Some(lookup) = entries.upgrade() else { return };
+                gauge.with_label_values(&["positive"]).set(lookup.cache.known_len() as i64);
+                gauge.with_label_values(&["negative"]).set(lookup.cache.unknown_len() as i64);
+            },
+        );
+        let gauges: [(&str, &str, Reading); 5] = [
+            ("keygate_store_lookups_in_flight", "Store lookups running now.", |l| l.queries_running() as f64),
+            (
+                "keygate_filter_keys",
+                "Key ids put in the membership filter: by its last build, and announced since.",
+                |l| l.filter.stats().0 as f64,
+            ),
+            ("keygate_filter_bytes", "Memory of the membership filter's bits.", |l| {
+                l.filter.stats().1 as f64
+            }),
+            (
+                "keygate_filter_age_seconds",
+                "Seconds since the membership filter was last built (since start, before the first build).",
+                |l| l.filter.stats().2,
+            ),
+            (
+                "keygate_filter_trusted",
+                "1 while the filter may reject keys (built, no announcement missed since).",
+                |l| f64::from(u8::from(l.filter.is_trusted())),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            metrics.sampled(Gauge::new(name, help), read(value));
+        }
     }
 
     /// Applies an invalidation announcement.

@@ -3,12 +3,18 @@
 //! Every labelled child the request path touches is resolved at start into an array indexed by
 //! an enum, so counting a request is an atomic add, with no label lookup or allocation. No
 //! label ever holds a key, a key id or a client address.
+//!
+//! Sizes (cache entries, the filter's bits, addresses held, peers' health) are not kept here:
+//! each subsystem registers, beside its own code, how to read them at scrape time
+//! ([`Metrics::sampled`]).
+
+mod sampled;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
+use sampled::Sampled;
 use std::time::Duration;
 
 /// How a request ended: the `outcome` label of `keygate_requests_total`.
@@ -82,24 +88,11 @@ pub struct Metrics {
     cache_lookups: Vec<IntCounter>,
     store_queries: Vec<IntCounter>,
     store_query_seconds: Histogram,
-    /// Store lookups running now (bounded by `max_inflight`).
-    pub store_in_flight: IntGauge,
-    /// Set at scrape time from the caches' sizes.
-    pub cache_entries: IntGaugeVec,
-    /// Set at scrape time from the health checks, one child per configured peer.
-    pub upstream_healthy: IntGaugeVec,
     config_reloads: IntCounterVec,
     filter_rejections: IntCounter,
-    /// Brought up to the access log's own count at scrape time.
+    /// Counted by the access log itself.
     pub access_log_skipped: IntCounter,
     pub(crate) filter_rebuilds: IntCounterVec,
-    /// Set at scrape time from the filter.
-    pub filter_keys: IntGauge,
-    pub filter_bytes: IntGauge,
-    pub filter_age_seconds: Gauge,
-    pub filter_trusted: IntGauge,
-    /// Set at scrape time: client addresses the per-IP limiter holds state for (never which).
-    pub ip_limiter_addresses: IntGauge,
 }
 
 /// Upper bounds of `keygate_request_seconds`, from half a millisecond to ten seconds.
@@ -136,13 +129,6 @@ impl Metrics {
                 "Key store query time.",
                 &STORE_QUERY_BUCKETS,
             ),
-            store_in_flight: reg.gauge("keygate_store_lookups_in_flight", "Store lookups running now."),
-            cache_entries: reg.gauges("keygate_cache_entries", "Key cache entries by kind.", "kind"),
-            upstream_healthy: reg.gauges(
-                "keygate_upstream_healthy",
-                "1 while the upstream peer passes its health check.",
-                "peer",
-            ),
             config_reloads: reg.counters(
                 "keygate_config_reloads_total",
                 "Config reloads by result.",
@@ -160,23 +146,6 @@ impl Metrics {
                 "keygate_filter_rebuilds_total",
                 "Membership filter rebuilds by result.",
                 "result",
-            ),
-            filter_keys: reg.gauge(
-                "keygate_filter_keys",
-                "Key ids put in the membership filter: by its last build, and announced since.",
-            ),
-            filter_bytes: reg.gauge("keygate_filter_bytes", "Memory of the membership filter's bits."),
-            filter_age_seconds: reg.add(Gauge::new(
-                "keygate_filter_age_seconds",
-                "Seconds since the membership filter was last built (since start, before the first build).",
-            )),
-            filter_trusted: reg.gauge(
-                "keygate_filter_trusted",
-                "1 while the filter may reject keys (built, no announcement missed since).",
-            ),
-            ip_limiter_addresses: reg.gauge(
-                "keygate_ip_limiter_addresses",
-                "Client addresses the per-IP limiter holds state for; idle ones are forgotten every 10 s.",
             ),
             registry: reg.0,
         };
@@ -214,6 +183,18 @@ impl Metrics {
         self.filter_rebuilds.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
+    /// Registers a metric that `sample` brings up to date at each scrape: how a subsystem
+    /// exposes its sizes (see [`Sampled`]). Panics on an invalid or duplicate name, which is
+    /// a programming error found at start.
+    pub fn sampled<M: Collector + 'static>(
+        &self,
+        metric: prometheus::Result<M>,
+        sample: impl Fn(&M) + Send + Sync + 'static,
+    ) {
+        let sampled = Sampled::new(metric.expect("a valid metric"), sample);
+        self.registry.register(Box::new(sampled)).expect("metric names are unique");
+    }
+
     /// The Prometheus text exposition of everything registered.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -247,14 +228,6 @@ impl Registrar {
     /// Counters by one label; the caller resolves the children it counts on.
     fn counters(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), &[label]))
-    }
-
-    fn gauge(&self, name: &str, help: &str) -> IntGauge {
-        self.add(IntGauge::new(name, help))
-    }
-
-    fn gauges(&self, name: &str, help: &str, label: &str) -> IntGaugeVec {
-        self.add(IntGaugeVec::new(Opts::new(name, help), &[label]))
     }
 
     fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {

@@ -10,8 +10,11 @@ use crate::client_ip::ClientAddress;
 use crate::config::{Config, StoreBackend};
 use crate::limit::IpLimiter;
 use crate::lookup::LookupSettings;
+use crate::metrics::Metrics;
 use crate::store::redis::{RedisSettings, RedisStore, ScanPacing};
 use crate::store::{file::FileStore, KeyStore};
+use arc_swap::ArcSwap;
+use prometheus::IntGauge;
 use std::sync::Arc;
 
 /// Everything a reload can change, as one immutable value.
@@ -66,6 +69,17 @@ impl Settings {
             false => Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip)),
         };
         Ok((Settings::assemble(config, store, ip_limiter), change))
+    }
+
+    /// Registers `keygate_ip_limiter_addresses`, read at each scrape from the per-IP limiter of
+    /// the settings then in force: how many addresses it holds, never which.
+    pub fn register_gauges(settings: &Arc<ArcSwap<Settings>>, metrics: &Metrics) {
+        let settings = Arc::clone(settings);
+        let gauge = IntGauge::new(
+            "keygate_ip_limiter_addresses",
+            "Client addresses the per-IP limiter holds state for; idle ones are forgotten every 10 s.",
+        );
+        metrics.sampled(gauge, move |gauge| gauge.set(settings.load().ip_limiter.len() as i64));
     }
 
     fn assemble(config: Config, store: Arc<dyn KeyStore>, ip_limiter: Arc<IpLimiter>) -> Settings {

@@ -6,6 +6,7 @@
 //! change them; Pingora keeps the health state of peers that stay.
 
 use crate::config::{HealthCheck, UpstreamConfig};
+use crate::metrics::Metrics;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use pingora::lb::discovery::ServiceDiscovery;
@@ -14,6 +15,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::upstreams::peer::HttpPeer;
+use prometheus::{IntGaugeVec, Opts};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -140,14 +142,31 @@ impl Upstreams {
 
     /// Each configured peer and whether it passes its health check.
     pub fn health(&self) -> Vec<(SocketAddr, bool)> {
-        let backends = self.balancer.backends();
-        let all = backends.get_backend();
-        all.iter().map(|b| (socket_addr(b), backends.ready(b))).collect()
+        health(&self.balancer)
+    }
+
+    /// Registers `keygate_upstream_healthy`, read from the health checks at each scrape: one
+    /// series per configured peer (a peer removed by a reload leaves none behind).
+    pub fn register_gauges(&self, metrics: &Metrics) {
+        let balancer = Arc::clone(&self.balancer);
+        let opts =
+            Opts::new("keygate_upstream_healthy", "1 while the upstream peer passes its health check.");
+        metrics.sampled(IntGaugeVec::new(opts, &["peer"]), move |gauge| {
+            gauge.reset();
+            for (peer, healthy) in health(&balancer) {
+                gauge.with_label_values(&[&peer.to_string()]).set(i64::from(healthy));
+            }
+        });
     }
 
     pub fn any_healthy(&self) -> bool {
         self.health().iter().any(|(_, healthy)| *healthy)
     }
+}
+
+fn health(balancer: &LoadBalancer<RoundRobin>) -> Vec<(SocketAddr, bool)> {
+    let backends = balancer.backends();
+    backends.get_backend().iter().map(|b| (socket_addr(b), backends.ready(b))).collect()
 }
 
 fn socket_addr(backend: &Backend) -> SocketAddr {
