@@ -4,15 +4,13 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use keygate::config::FilterConfig;
 use keygate::config::{CacheConfig, Rate};
 use keygate::extract::{Extracted, KeyExtractor, KeySource};
-use keygate::filter::{Bloom, FilterConfig};
 use keygate::key::ApiKey;
-use keygate::limit::IpLimiter;
-use keygate::lookup::{KeyLookup, LookupSettings, Verdict};
-use keygate::metrics::Metrics;
-use keygate::store::memory::MemoryStore;
-use keygate::store::KeyRecord;
+use keygate::testing::{
+    Bloom, IpLimiter, KeyLookup, KeyRecord, LookupSettings, MemoryStore, Metrics, Verdict,
+};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;

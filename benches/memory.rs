@@ -1,11 +1,11 @@
 //! Bytes per cached key: resident memory before and after filling the caches with a million
 //! entries each. `cargo bench --bench memory` (part of `make bench`).
 
-use keygate::cache::KeyCache;
 use keygate::config::{CacheConfig, Rate};
-use keygate::grant::Grant;
 use keygate::key::ApiKey;
-use keygate::store::KeyRecord;
+use keygate::testing::Grant;
+use keygate::testing::KeyCache;
+use keygate::testing::KeyRecord;
 use std::sync::Arc;
 
 fn resident_bytes() -> usize {

@@ -1,4 +1,4 @@
-//! Stage 1 of the request path: where the key comes from.
+//! Where the key comes from: the first step of the decision ([`crate::decide`]).
 //!
 //! The configured sources are looked at in order and the first one present decides. A present
 //! but unusable value (empty, too long, not visible ASCII, or two differing values in one

@@ -1,4 +1,5 @@
-//! Stage 2c of the request path: is this key id possibly known at all?
+//! The membership filter, asked by the lookup when the cache has no answer: is this key id
+//! possibly known at all?
 //!
 //! Negative caching stops repeats of one bad key, not a fresh random key per request. So each
 //! gateway keeps a membership filter of every key id in the store, and a key outside it is
@@ -78,12 +79,8 @@ impl Bloom {
         })
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn ids_inserted(&self) -> u64 {
         self.len.load(Ordering::Relaxed)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn bytes(&self) -> usize {
@@ -242,7 +239,7 @@ impl KeyFilter {
     /// Ids held, bytes used, and seconds since the last build; for the metrics.
     pub fn stats(&self) -> (u64, usize, f64) {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        let (len, bytes) = current.as_ref().map_or((0, 0), |b| (b.len(), b.bytes()));
+        let (len, bytes) = current.as_ref().map_or((0, 0), |b| (b.ids_inserted(), b.bytes()));
         let age = self.built_at.lock().unwrap_or_else(|e| e.into_inner()).elapsed().as_secs_f64();
         (len, bytes, age)
     }

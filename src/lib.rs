@@ -6,48 +6,76 @@
 //!
 //! # Layout
 //!
-//! The request path, one module per stage ([`proxy`] wires them under a chart of the phases):
+//! The request path, in the order a request meets it:
 //!
-//! - [`extract`]: where the key comes from (headers, query), and what is malformed.
-//! - [`key`]: the [`key::ApiKey`] that cannot print itself, and the [`key::KeyId`] it is known by.
-//! - [`lookup`]: what the cache ([`cache`]), the membership filter ([`filter`]) or else the
-//!   store ([`store`]) says about a key id.
-//! - [`limit`]: per-key and per-IP rate limits; [`client_ip`] says whose IP.
-//! - [`decide`]: the decision itself, shared by [`proxy`] and the nginx [`auth`] listener.
-//! - [`answer`]: the gateway's own rejections, as the contract's table says.
-//! - [`upstream`]: which ingestion node a forwarded request goes to.
-//! - [`metrics`]: what is counted, served by [`admin`]; [`access_log`]: one JSON line a request.
+//! 1. [`connection`]: every accepted connection gets a deadline for its request headers, and a
+//!    new one's first request is read whole before Pingora takes it (so a stop or upgrade
+//!    never drops it).
+//! 2. [`proxy`] (Pingora's `ProxyHttp`, with a chart of the phases) or [`auth`] (nginx's
+//!    `auth_request`): the two listeners. Each loads the [`settings`] snapshot once and asks
+//!    [`decide`], which runs:
+//!    1. [`extract`]: where the key comes from, and what is malformed;
+//!       [`key`]: the [`key::ApiKey`] that cannot print itself, and its [`key::KeyId`];
+//!    2. [`lookup`]: the [`cache`], else the membership [`filter`], else the [`store`], one
+//!       query per key id in flight ([`lookup::flights`]) and a bound on them all
+//!       ([`lookup::admission`]); a known key is a [`grant`];
+//!    3. [`limit`]: the per-IP limit ([`client_ip`] says whose IP) before a store read or for a
+//!       request without a usable key, and the key's own limit last.
+//! 3. [`answer`]: the gateway's own rejections; or [`upstream`]: which ingestion node a
+//!    forwarded request goes to.
+//! 4. [`edge`]: what both listeners do at the end (drain a rejected body, count and log the
+//!    request): [`metrics`] and [`access_log`].
 //!
-//! Around it: [`config`] (the YAML and its validation), [`invalidate`] (announcements from
-//! Redis), [`logging`] (stderr, never a key), [`gateway`] (the shared state), [`reload`] (SIGHUP), [`server`] (the Pingora server), [`cli`] (the
-//! command line) and [`keys`] (key management).
+//! Around it: [`config`] (the YAML and its validation) becomes a [`settings`] snapshot, which
+//! [`reload`] rebuilds and swaps on SIGHUP; [`gateway`] builds every stage once and owns the
+//! runtime state; [`background`] runs the tasks beside the request path: [`invalidate`]
+//! (announcements from Redis), the filter's rebuilds, the per-IP limiter's sweep. [`server`]
+//! runs Pingora with [`admin`] (`/metrics`, `/healthz`, `/readyz`); [`cli`] is the command
+//! line, [`keys`] manages keys, [`logging`] writes stderr (never a key).
+//!
+//! Public: what the binary, the fuzz targets and the tests use ([`cli`], [`config`], [`extract`],
+//! [`key`], [`logging`]); with the `test-util` feature, [`testing`] exposes the stages to the
+//! benchmarks.
 
-pub mod access_log;
-pub mod admin;
-pub mod answer;
-pub mod auth;
-pub mod background;
-pub mod cache;
+pub(crate) mod access_log;
+pub(crate) mod admin;
+pub(crate) mod answer;
+pub(crate) mod auth;
+pub(crate) mod background;
+pub(crate) mod cache;
 pub mod cli;
-pub mod client_ip;
+pub(crate) mod client_ip;
 pub mod config;
 pub(crate) mod connection;
-pub mod decide;
+pub(crate) mod decide;
 pub(crate) mod edge;
 pub mod extract;
-pub mod filter;
-pub mod gateway;
-pub mod grant;
-pub mod invalidate;
+pub(crate) mod filter;
+pub(crate) mod gateway;
+pub(crate) mod grant;
+pub(crate) mod invalidate;
 pub mod key;
-pub mod keys;
-pub mod limit;
+pub(crate) mod keys;
+pub(crate) mod limit;
 pub mod logging;
-pub mod lookup;
-pub mod metrics;
-pub mod proxy;
-pub mod reload;
-pub mod server;
-pub mod settings;
-pub mod store;
-pub mod upstream;
+pub(crate) mod lookup;
+pub(crate) mod metrics;
+pub(crate) mod proxy;
+pub(crate) mod reload;
+pub(crate) mod server;
+pub(crate) mod settings;
+pub(crate) mod store;
+pub(crate) mod upstream;
+
+/// The stages, for the benchmarks (`test-util` only; not the library's API).
+#[cfg(feature = "test-util")]
+pub mod testing {
+    pub use crate::cache::KeyCache;
+    pub use crate::filter::Bloom;
+    pub use crate::grant::Grant;
+    pub use crate::limit::IpLimiter;
+    pub use crate::lookup::{KeyLookup, LookupSettings, Verdict};
+    pub use crate::metrics::Metrics;
+    pub use crate::store::memory::MemoryStore;
+    pub use crate::store::KeyRecord;
+}

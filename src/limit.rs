@@ -1,4 +1,5 @@
-//! Stage 3 of the request path: whether the limit allows it.
+//! Whether the limit allows it: the per-IP limit, charged before a store read or for a request
+//! without a usable key, and the per-key limit, checked last, on a known key.
 //!
 //! Two kinds of limit, both GCRA (governor): one per known key, whose state lives beside the
 //! key's cache entry (so it costs no second lookup and is dropped with the entry), and one per
@@ -139,12 +140,8 @@ impl<C: Clock> IpLimiter<C> {
     }
 
     /// Addresses with limiter state.
-    pub fn len(&self) -> usize {
+    pub fn addresses(&self) -> usize {
         self.limiter.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.limiter.is_empty()
     }
 }
 
@@ -171,7 +168,7 @@ mod tests {
         assert!(limiter.check(a).is_ok() && limiter.check(a).is_ok());
         assert!(limiter.check(a).is_err());
         assert!(limiter.check(b).is_ok());
-        assert_eq!(limiter.len(), 2);
+        assert_eq!(limiter.addresses(), 2);
     }
 
     #[test]
@@ -231,14 +228,14 @@ mod tests {
         }
         let busy: IpAddr = "10.9.9.9".parse().unwrap();
         assert!(limiter.check(busy).is_ok() && limiter.check(busy).is_ok());
-        assert_eq!(limiter.len(), 1001);
+        assert_eq!(limiter.addresses(), 1001);
         // governor keeps state one emission interval past the point where it equals a fresh
         // bucket: at 2.5 s the one-request addresses go, the two-request one stays.
         clock.advance(Duration::from_millis(2500));
         limiter.forget_idle();
-        assert_eq!(limiter.len(), 1);
+        assert_eq!(limiter.addresses(), 1);
         clock.advance(Duration::from_secs(1));
         limiter.forget_idle();
-        assert!(limiter.is_empty());
+        assert_eq!(limiter.addresses(), 0);
     }
 }

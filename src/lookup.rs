@@ -1,5 +1,6 @@
-//! Stage 2 of the request path: a key id's verdict, from the cache ([`crate::cache`]), else the
-//! membership filter ([`crate::filter`]), else the store ([`crate::store`]).
+//! A key id's verdict: from the cache ([`crate::cache`]), else the membership filter
+//! ([`crate::filter`]), else (once the decision has checked the per-IP limit) the store
+//! ([`crate::store`]).
 //!
 //! This is where the store guarantees live:
 //! - one store query per key id in flight per process; concurrent requests wait for its answer

@@ -79,7 +79,7 @@ impl Settings {
             "keygate_ip_limiter_addresses",
             "Client addresses the per-IP limiter holds state for; idle ones are forgotten every 10 s.",
         );
-        metrics.sampled(gauge, move |gauge| gauge.set(settings.load().ip_limiter.len() as i64));
+        metrics.sampled(gauge, move |gauge| gauge.set(settings.load().ip_limiter.addresses() as i64));
     }
 
     fn assemble(config: Config, store: Arc<dyn KeyStore>, ip_limiter: Arc<IpLimiter>) -> Settings {
@@ -132,7 +132,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
     })
 }
 
-#[cfg(any(test, feature = "test-util"))]
+#[cfg(test)]
 impl Settings {
     /// The documented defaults (one listener, one peer) over `store`: for unit tests and
     /// benchmarks, which need settings but no file.

@@ -1,4 +1,4 @@
-//! Stage 4 of the request path: where a forwarded request goes.
+//! Where a forwarded request goes, once the decision has allowed it.
 //!
 //! Round robin over `upstream.peers`, skipping peers that fail their health check and peers
 //! this request already failed to connect to (a connect failure sent nothing, so it is safe to

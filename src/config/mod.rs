@@ -8,7 +8,7 @@ pub mod file;
 mod problems;
 
 use crate::extract::{KeyExtractor, KeySource};
-use crate::filter::FilterConfig;
+pub use crate::filter::FilterConfig;
 use file::{
     AccessLogFile, ApiKeyFile, CacheFile, FilterFile, RateLimitFile, RedisFile, StoreFile, UpstreamFile,
 };

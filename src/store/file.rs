@@ -86,10 +86,6 @@ impl FileStore {
     pub fn len(&self) -> usize {
         self.records.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
 }
 
 /// Reads and checks a key file, naming the entry of every problem.

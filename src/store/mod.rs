@@ -1,4 +1,5 @@
-//! Stage 2b of the request path: what the store says about a key id.
+//! What the store says about a key id: asked last by the lookup, when neither the cache nor the
+//! membership filter can answer.
 //!
 //! The store is a trait so the gateway runs on Redis in production, on a YAML file for a single
 //! node or a demo, and on an in-memory map in unit tests and benchmarks. "Not found" and
