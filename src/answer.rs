@@ -1,4 +1,4 @@
-//! The gateway's own answers: every rejection of the contract's table, with its status, JSON
+//! The gateway's own answers: every rejection of the README's answer table, with its status, JSON
 //! body and `Retry-After`.
 //!
 //! Before answering, a small request body is read and thrown away (`edge::drain_body`), so the
@@ -39,7 +39,7 @@ impl Rejection {
         }
     }
 
-    /// The contract's error code, as in the body.
+    /// The error code, as in the body.
     pub fn code(self) -> &'static str {
         match self {
             Rejection::MissingKey => "missing_api_key",
@@ -115,7 +115,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_rejection_matches_the_contract() {
+    fn every_rejection_matches_the_answer_table() {
         let cases = [
             (Rejection::MissingKey, 401, "missing_api_key", None),
             (Rejection::MalformedKey, 401, "malformed_api_key", None),

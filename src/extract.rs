@@ -72,7 +72,7 @@ impl KeyExtractor {
             }
         }
         let raw = found?;
-        // Decoding once is the contract: `%2541` is the three bytes `%41`, not `A`.
+        // Decoding exactly once is the documented rule: `%2541` is the three bytes `%41`, not `A`.
         Some(self.checked(percent_decode(raw.as_bytes()).into()))
     }
 

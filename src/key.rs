@@ -62,7 +62,7 @@ impl KeyId {
         &self.0
     }
 
-    /// The id as the contract writes it: 64 lowercase hex digits.
+    /// The id as the Redis data model writes it: 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

@@ -1,4 +1,4 @@
-//! What is counted: the contract's metrics, owned by one struct and registered once.
+//! What is counted: the documented metrics, owned by one struct and registered once.
 //!
 //! Every labelled child the request path touches is resolved at start into an array indexed by
 //! an enum, so counting a request is an atomic add, with no label lookup or allocation. No

@@ -1,4 +1,4 @@
-//! The YAML as users write it: one serde type per section, mirroring the contract exactly.
+//! The YAML as users write it: one serde type per section, mirroring the documented config exactly.
 //!
 //! Nothing here is validated beyond its shape; [`super::Config`] is what the rest of keygate
 //! sees. Every struct denies unknown fields so that a typo is an error, not a silent default.

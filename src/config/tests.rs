@@ -12,7 +12,7 @@ fn fields(problems: &[Problem]) -> Vec<&str> {
 }
 
 #[test]
-fn a_minimal_file_gets_the_contracts_defaults() {
+fn a_minimal_file_gets_the_documented_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.store.backend, StoreBackend::File("/etc/keygate/keys.yaml".into()));
     assert_eq!(c.cache.ttl, Duration::from_secs(300));
@@ -26,7 +26,7 @@ fn a_minimal_file_gets_the_contracts_defaults() {
 }
 
 #[test]
-fn the_contracts_full_example_is_valid() {
+fn the_readmes_full_example_is_valid() {
     let text = r#"
 listen:
   - 127.0.0.1:6188

@@ -1,5 +1,5 @@
 //! Properties of extraction over arbitrary input: it never panics, and it accepts exactly the
-//! values the contract calls well-formed.
+//! values the README calls well-formed.
 
 use super::*;
 use proptest::prelude::*;
