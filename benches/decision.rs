@@ -98,7 +98,7 @@ fn decision(c: &mut Criterion) {
     c.bench_function("stage/cache_lookup", |b| b.iter(|| lookup.cached(black_box(&id)).is_some()));
     let Some(Verdict::Known(grant)) = lookup.cached(&id) else { panic!("the known key is cached") };
     c.bench_function("stage/key_limiter", |b| b.iter(|| black_box(&grant).limiter.check().is_ok()));
-    let per_ip = IpLimiter::new(Rate { per_second: 1e9, burst: 1_000_000_000 });
+    let per_ip = IpLimiter::new(Rate { per_second: 1e9, burst: 1_000_000_000 }, 1_000_000);
     let client: IpAddr = "203.0.113.9".parse().unwrap();
     c.bench_function("stage/ip_limiter", |b| b.iter(|| per_ip.check(black_box(client)).is_ok()));
 }

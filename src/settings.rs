@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::store::redis::{RedisSettings, RedisStore, ScanPacing};
 use crate::store::{file::FileStore, KeyStore};
 use arc_swap::ArcSwap;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use std::sync::Arc;
 
 /// Everything a reload can change, as one immutable value.
@@ -45,7 +45,7 @@ impl Settings {
     /// The first snapshot; must run inside the runtime that drives the store's connections.
     pub fn first(config: Config) -> anyhow::Result<Settings> {
         let store = open_store(&config)?;
-        let ip_limiter = Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip));
+        let ip_limiter = Arc::new(ip_limiter(&config));
         Ok(Settings::assemble(config, store, ip_limiter))
     }
 
@@ -64,9 +64,12 @@ impl Settings {
             StoreChange::Same => Arc::clone(&self.lookup.store),
             StoreChange::Reconnected | StoreChange::Replaced => open_store(&config)?,
         };
-        let ip_limiter = match self.ip_limiter.rate() == config.rate_limit.unauthenticated_per_ip {
+        let limits = &config.rate_limit;
+        let same_limiter = self.ip_limiter.rate() == limits.unauthenticated_per_ip
+            && self.ip_limiter.max_addresses() == limits.max_addresses;
+        let ip_limiter = match same_limiter {
             true => Arc::clone(&self.ip_limiter),
-            false => Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip)),
+            false => Arc::new(ip_limiter(&config)),
         };
         Ok((Settings::assemble(config, store, ip_limiter), change))
     }
@@ -79,7 +82,16 @@ impl Settings {
             "keygate_ip_limiter_addresses",
             "Client addresses the per-IP limiter holds state for; idle ones are forgotten every 10 s.",
         );
-        metrics.sampled(gauge, move |gauge| gauge.set(settings.load().ip_limiter.addresses() as i64));
+        let held = Arc::clone(&settings);
+        metrics.sampled(gauge, move |gauge| gauge.set(held.load().ip_limiter.addresses() as i64));
+        let forgotten = IntCounter::new(
+            "keygate_ip_limiter_forgotten_total",
+            "Client addresses the per-IP limiter forgot early to stay within max_addresses (an attack from many addresses).",
+        );
+        metrics.sampled(forgotten, move |counter| {
+            let total = settings.load().ip_limiter.forgotten_early();
+            counter.inc_by(total.saturating_sub(counter.get()));
+        });
     }
 
     fn assemble(config: Config, store: Arc<dyn KeyStore>, ip_limiter: Arc<IpLimiter>) -> Settings {
@@ -115,6 +127,11 @@ impl Settings {
     }
 }
 
+/// The per-IP limiter `config` asks for, holding no address yet.
+fn ip_limiter(config: &Config) -> IpLimiter {
+    IpLimiter::new(config.rate_limit.unauthenticated_per_ip, config.rate_limit.max_addresses)
+}
+
 /// Opens the store `config` names; must run inside the runtime that drives its connections.
 fn open_store(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
     Ok(match &config.store.backend {
@@ -139,7 +156,7 @@ impl Settings {
     pub fn for_tests(store: Arc<dyn KeyStore>) -> Settings {
         let yaml = "listen: [127.0.0.1:1]\nupstream: {peers: [127.0.0.1:2]}\nstore: {file: keys.yaml}\n";
         let config = Config::parse(yaml, std::path::Path::new(".")).expect("a valid config");
-        let ip_limiter = Arc::new(IpLimiter::new(config.rate_limit.unauthenticated_per_ip));
+        let ip_limiter = Arc::new(ip_limiter(&config));
         Settings::assemble(config, store, ip_limiter)
     }
 }

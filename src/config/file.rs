@@ -130,18 +130,26 @@ impl Default for RateLimitFile {
     }
 }
 
-/// `rate_limit.unauthenticated_per_ip`. Written, it needs both fields (serde has no defaults
-/// for it); its `Default` is what an absent section means.
+/// `rate_limit.unauthenticated_per_ip`. Written, it needs its rate and burst (serde has no
+/// defaults for them); its `Default` is what an absent section means.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateFile {
     pub per_second: f64,
     pub burst: u32,
+    #[serde(default = "RateFile::default_max_addresses")]
+    pub max_addresses: usize,
+}
+
+impl RateFile {
+    fn default_max_addresses() -> usize {
+        1_000_000
+    }
 }
 
 impl Default for RateFile {
     fn default() -> Self {
-        RateFile { per_second: 10.0, burst: 20 }
+        RateFile { per_second: 10.0, burst: 20, max_addresses: RateFile::default_max_addresses() }
     }
 }
 

@@ -130,7 +130,13 @@ pub struct Rate {
 pub struct RateLimitConfig {
     pub per_key: Rate,
     pub unauthenticated_per_ip: Rate,
+    /// Client addresses the per-IP limiter holds at once; past it the least recent are forgotten.
+    pub max_addresses: usize,
 }
+
+/// The most client addresses the per-IP limiter may be asked to hold: about 6 GB of state, far
+/// past any sidecar's memory; more is surely a typo.
+const MAX_ADDRESSES: usize = 100_000_000;
 
 /// The longest a cache duration may be (ten years).
 const MAX_CACHE_SECONDS: u64 = 10 * 365 * 86_400;
@@ -457,7 +463,12 @@ impl RateLimitFile {
         let per_key = rate(p, "rate_limit", self.per_second, self.burst);
         let ip = self.unauthenticated_per_ip.unwrap_or_default();
         let unauthenticated_per_ip = rate(p, "rate_limit.unauthenticated_per_ip", ip.per_second, ip.burst);
-        RateLimitConfig { per_key, unauthenticated_per_ip }
+        p.ensure(
+            (1..=MAX_ADDRESSES).contains(&ip.max_addresses),
+            "rate_limit.unauthenticated_per_ip.max_addresses",
+            format!("must be from 1 to {MAX_ADDRESSES}"),
+        );
+        RateLimitConfig { per_key, unauthenticated_per_ip, max_addresses: ip.max_addresses }
     }
 }
 

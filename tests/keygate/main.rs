@@ -28,6 +28,7 @@ mod hostile;
 mod keys_cli;
 mod ledger;
 mod lifecycle;
+mod memory_bounds;
 mod nginx;
 mod operations;
 mod quickstart;
