@@ -1,6 +1,9 @@
 # keygate's one task runner; CI runs `make test` (through .ci/run) and nothing else.
 #   make demo   the gateway on conf/demo.yaml (file store) with a demo upstream on :8080
-#   make test   every test, installing what they need (cmake, redis-server, nginx) when missing
+#   make deps   what the build and the tests need, with apt (through sudo unless root) when
+#               missing: cmake, build-essential, redis-server, nginx and its headers-more
+#               module, systemd (for systemd-analyze)
+#   make test   lint, compile the benches and the fuzz crate, then every test (what CI runs)
 #   make lint   rustfmt check and clippy with warnings denied
 #   make bench  criterion micro-benchmarks, the memory figure, and benches/e2e.sh (wrk against
 #               a Pingora pass-through and nginx)
@@ -10,19 +13,24 @@
 CARGO ?= cargo
 # One build profile for everything (tests, demo, benches): pingora builds once.
 PROFILE := --release
+# apt needs root: through sudo for anyone else.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: deps demo test lint bench build fuzz soak
+.PHONY: deps demo test lint compile-all bench build fuzz soak
 
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -e /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so ] || \
+		missing="$$missing libnginx-mod-http-headers-more-filter"; \
 	command -v cc >/dev/null || missing="$$missing build-essential"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		$(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; \
 	fi
 
 build: deps
@@ -34,7 +42,10 @@ demo: build
 	echo "try: curl -i localhost:6188/ingest -H 'X-ApiKey: demo-key-0001' -d '{}'"; \
 	./target/release/keygate -c conf/demo.yaml
 
-test: deps
+# Lint and compile every target first, so nothing rots unseen: the benches, and the fuzz crate
+# (its own workspace; checked on stable against the main crate's locked versions, in the main
+# target folder, so the dependencies it shares are not built twice).
+test: deps lint compile-all
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run $(PROFILE) --no-fail-fast; \
 	else \
@@ -45,8 +56,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(PROFILE) --all-targets -- -D warnings
 
+compile-all:
+	$(CARGO) check $(PROFILE) --benches
+	cd fuzz && { [ -e Cargo.lock ] || cp ../Cargo.lock Cargo.lock; } && \
+		$(CARGO) check $(PROFILE) --target-dir ../target
+
 bench: deps
-	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(APT_INSTALL) wrk)
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench memory
 	$(CARGO) build $(PROFILE) --bin keygate --example passthrough
@@ -61,6 +77,6 @@ fuzz: deps
 
 # Soak (not in CI): SOAK_SECONDS (600) at about 60% of measured capacity with Redis faults.
 soak: deps
-	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(APT_INSTALL) wrk)
 	$(CARGO) build $(PROFILE) --bin keygate
 	benches/soak.sh

@@ -152,6 +152,7 @@ fn nothing_is_rejected_by_the_filter_until_it_is_built() {
 /// Sets the default user's pub/sub permissions: with `resetchannels` no client can subscribe
 /// (or stay subscribed) to the announcement channel, so the gateway cannot resubscribe.
 fn channels(redis: &Redis, permission: &str) {
+    redis.require_version(6, 2, "ACL channel rules: resetchannels, allchannels");
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
         .arg("default")

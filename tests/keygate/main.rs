@@ -9,10 +9,16 @@
 //! - [`keys_cli`]: `keygate keys add|revoke|show` against a running gateway.
 //! - [`ledger`]: no accepted request is lost while a node dies and Redis freezes.
 //! - [`lifecycle`]: stopping and upgrading without losing a request; the shipped unit.
+//! - [`metric_promises`]: each metric's type, every outcome timed, no key or key id in a label.
 //! - [`nginx`]: keygate beside a real nginx, in both shipped modes.
 //! - [`operations`]: reload on SIGHUP, unix-socket listeners.
+//! - [`promises`]: expiry, the Redis prefix, `forward: false`, the http health check, the
+//!   connect timeout, the default thread count, the auth listener's 503s, guarantee 8 behind
+//!   nginx.
 //! - [`quickstart`]: the README's quickstart as written.
 //! - [`rate_limits`]: per-key and per-address limits from the outside.
+//! - [`memory_bounds`]: what clients send cannot grow the gateway without bound.
+//! - [`reloads`]: the reloadable settings `operations` does not change, each seen to change.
 //! - [`store_faults`]: the store frozen, killed, restarted.
 //! - [`store_shield`]: the store is asked as little as possible.
 //! - [`upstream_faults`]: dead, hung and resetting ingestion nodes.
@@ -29,10 +35,13 @@ mod keys_cli;
 mod ledger;
 mod lifecycle;
 mod memory_bounds;
+mod metric_promises;
 mod nginx;
 mod operations;
+mod promises;
 mod quickstart;
 mod rate_limits;
+mod reloads;
 mod store_faults;
 mod store_shield;
 mod upstream_faults;

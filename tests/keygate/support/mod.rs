@@ -169,6 +169,27 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// The running server's version (`INFO server`), as (major, minor, patch).
+    pub fn version(&self) -> (u32, u32, u32) {
+        let info: String = redis::cmd("INFO").arg("server").query(&mut self.connection()).unwrap();
+        let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).expect("redis_version");
+        let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+
+    /// Fails the test, saying why, when the server is older than `major.minor`: a test that
+    /// needs a newer Redis then says so instead of failing on a command it does not know.
+    pub fn require_version(&self, major: u32, minor: u32, needed_for: &str) {
+        let (have_major, have_minor, have_patch) = self.version();
+        assert!(
+            (have_major, have_minor) >= (major, minor),
+            "this test needs Redis {major}.{minor} or newer ({needed_for}); redis-server here is \
+             {have_major}.{have_minor}.{have_patch}: install a newer redis-server"
+        );
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         if let Some(child) = &self.child {
@@ -223,6 +244,9 @@ pub struct Setup {
     /// `upstream.health_check.interval_ms`: short, so a test sees health change quickly; long,
     /// so a peer that dies stays marked healthy (and only a retry saves its requests).
     pub health_interval_ms: u64,
+    /// `(from, to)` replacements in the written config, for the few lines the harness fixes
+    /// (`threads: 2`, the tcp health check): each `from` must be there.
+    pub rewrites: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -235,6 +259,7 @@ impl Setup {
             listeners: Vec::new(),
             grace_period_s: 1,
             health_interval_ms: 200,
+            rewrites: Vec::new(),
         }
     }
 
@@ -248,6 +273,7 @@ impl Setup {
             listeners: Vec::new(),
             grace_period_s: 1,
             health_interval_ms: 200,
+            rewrites: Vec::new(),
         }
     }
 
@@ -263,6 +289,12 @@ impl Setup {
 
     pub fn grace_period_s(mut self, seconds: u64) -> Setup {
         self.grace_period_s = seconds;
+        self
+    }
+
+    /// Replaces `from` in the config the harness writes (the whole line or a part of it).
+    pub fn rewrite(mut self, from: &str, to: &str) -> Setup {
+        self.rewrites.push((from.to_string(), to.to_string()));
         self
     }
 
@@ -309,6 +341,10 @@ impl Gateway {
             yaml.push_str("rate_limit:\n  per_second: 100000\n  burst: 100000\n  unauthenticated_per_ip: {per_second: 100000, burst: 100000}\n");
         }
         yaml.push_str(&setup.extra);
+        for (from, to) in &setup.rewrites {
+            assert!(yaml.contains(from.as_str()), "the config has no `{from}` to rewrite:\n{yaml}");
+            yaml = yaml.replace(from.as_str(), to);
+        }
         let setup_disables_filter = setup.extra.contains("filter: {enabled: false}");
         let config = dir.path().join("keygate.yaml");
         std::fs::write(&config, yaml).unwrap();

@@ -26,8 +26,9 @@ impl Nginx {
             server = server.replace(from, to);
         }
         let d = dir.path().display();
+        let modules = modules_for(&server);
         let conf = format!(
-            "daemon off;\nmaster_process off;\nuser root;\nerror_log {d}/error.log info;\npid {d}/nginx.pid;\n\
+            "{modules}daemon off;\nmaster_process off;\nuser root;\nerror_log {d}/error.log info;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{server}\n}}\n"
@@ -54,6 +55,25 @@ impl Nginx {
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
     }
+}
+
+/// Where Debian's nginx keeps its dynamic modules.
+const MODULES: &str = "/usr/lib/nginx/modules";
+
+/// The `load_module` lines a snippet needs: on Debian an installed module is loaded by the
+/// system's nginx.conf (`/etc/nginx/modules-enabled`), which a test's own config does not include.
+fn modules_for(snippet: &str) -> String {
+    let mut lines = String::new();
+    if snippet.contains("more_clear_input_headers") {
+        let module = Path::new(MODULES).join("ngx_http_headers_more_filter_module.so");
+        assert!(
+            module.exists(),
+            "{} is missing: install libnginx-mod-http-headers-more-filter (make deps does)",
+            module.display()
+        );
+        lines.push_str(&format!("load_module {};\n", module.display()));
+    }
+    lines
 }
 
 impl Drop for Nginx {
