@@ -248,18 +248,32 @@ fn top_level(text: &str) -> Result<Mapping, Vec<Problem>> {
 
 impl Problems<'_> {
     /// The top-level field `name`, deserialized; `None` when absent or misshapen (recorded).
+    /// An unknown field in a section is recorded and then left out, so that it hides none of
+    /// the section's other problems (an unknown `upstream.colour` and an empty `peers`: both).
     fn field<T: DeserializeOwned>(&mut self, top: &Mapping, name: &str) -> Option<T> {
-        match serde_yaml::from_value(top.get(name)?.clone()) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.add_shape_error(name, &e.to_string());
-                None
+        let mut value = top.get(name)?.clone();
+        loop {
+            match serde_yaml::from_value(value.clone()) {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    let message = e.to_string();
+                    self.add_shape_error(name, &message);
+                    let unknown = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next());
+                    // Each round removes one field, so this ends.
+                    let removed = match (unknown, &mut value) {
+                        (Some(sub), Value::Mapping(section)) => section.remove(sub).is_some(),
+                        _ => false,
+                    };
+                    if !removed {
+                        return None;
+                    }
+                }
             }
         }
     }
 
-    /// A section users may leave out: absent, it is its documented default. Misshapen, it is
-    /// too, so that its problem is the only one reported for it.
+    /// A section users may leave out: absent, it is its documented default. Misshapen (other
+    /// than by an unknown field), it is too, so that its problem is the only one reported for it.
     fn section<T: DeserializeOwned + Default>(&mut self, top: &Mapping, name: &str) -> T {
         self.field(top, name).unwrap_or_default()
     }

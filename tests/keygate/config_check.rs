@@ -32,12 +32,26 @@ fn a_bad_config_exits_1_naming_every_field_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, "listen: [nowhere]\nupstream:\n  peers: []\n  colour: blue\nstore:\n  file: k.yaml\ncache:\n  ttl_s: 0\n").unwrap();
+    // The key file is sound: every problem is in the config itself (a broken key file has a
+    // test of its own below).
+    std::fs::write(dir.path().join("k.yaml"), "keys:\n  - key: config-check-key-1\n    app: a\n").unwrap();
     let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in ["line 1: listen[0]", "upstream.colour", "line 8: cache.ttl_s"] {
-        assert!(stderr.contains(expected), "`{expected}` not in:\n{stderr}");
+    // Each problem on a line of its own, with the line it is on; the empty `peers` beside the
+    // unknown `colour` in the same section too.
+    let expected = [
+        "line 1: listen[0]: `nowhere` is not HOST:PORT",
+        "line 1: listen: at least one listener is required",
+        "line 3: upstream.peers: at least one peer is required",
+        "line 4: upstream.colour: unknown field `colour`",
+        "line 8: cache.ttl_s: must be at least 1",
+    ];
+    for problem in expected {
+        assert!(stderr.lines().any(|l| l.contains(problem)), "`{problem}` not in:\n{stderr}");
     }
+    assert!(stderr.starts_with(&format!("{}: 5 problems\n", path.display())), "{stderr}");
+    assert!(!stderr.contains("config-check-key-1"), "the check printed a key: {stderr}");
 }
 
 #[test]

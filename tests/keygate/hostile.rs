@@ -2,7 +2,7 @@
 //! never a store read it need not cost, and nothing smuggled reaches an upstream.
 
 use crate::support::http::Connection;
-use crate::support::{self, Redis, Setup, Upstream};
+use crate::support::{Redis, Setup, Upstream};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -15,6 +15,22 @@ fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sends `bytes`, then ends the request stream (a half close): whatever the gateway made of
+/// them, it must now answer or close. What came back, and whether it closed (rather than went
+/// quiet for 5 s).
+fn raw_then_eof(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The gateway may close before reading it all: a failed write is one way of closing.
+    let _ = stream.write_all(bytes).and_then(|()| stream.shutdown(std::net::Shutdown::Write));
+    let mut answer = Vec::new();
+    let closed = match stream.read_to_end(&mut answer) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
 }
 
 fn status_of(answer: &str) -> Option<u16> {
@@ -65,8 +81,9 @@ fn request_smuggling_payloads_smuggle_nothing_upstream() {
         // An obfuscated Transfer-Encoding.
         format!("POST /d HTTP/1.1\r\nHost: t\r\nX-ApiKey: valid-key\r\nTransfer-Encoding: xchunked\r\nContent-Length: 0\r\n\r\n{smuggled}"),
         // A rejected request carrying a second one in its body.
-        format!("POST /e HTTP/1.1\r\nHost: t\r\nX-ApiKey: unknown\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len()),
+        format!("POST /e HTTP/1.1\r\nHost: t\r\nX-ApiKey: smuggler-unknown-key\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len()),
     ];
+    gateway.uses_key("smuggler-unknown-key");
     for payload in &payloads {
         let _ = raw(gateway.addr, payload.as_bytes());
     }
@@ -81,7 +98,7 @@ fn random_bytes_and_odd_keys_never_crash_the_gateway() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     const VALID: &str = "hostile-valid-key-5c2e";
     redis.put_key(VALID, &[("app", "acme")]);
-    let gateway = Setup::redis(&redis, &upstream).start();
+    let mut gateway = Setup::redis(&redis, &upstream).start();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -89,11 +106,19 @@ fn random_bytes_and_odd_keys_never_crash_the_gateway() {
         seed ^= seed << 17;
         seed
     };
-    for _ in 0..200 {
+    for n in 0..200 {
         let len = (next() % 2048) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-        let _ = raw(gateway.addr, &bytes);
+        let (answer, closed) = raw_then_eof(gateway.addr, &bytes);
+        // An answer (a 4xx, never a 2xx) or a bare close; never silence.
+        assert!(closed, "input {n} ({len} bytes): the gateway neither answered nor closed");
+        if !answer.is_empty() {
+            assert!(status_of(&answer).is_some(), "input {n}: not an HTTP answer:\n{answer}");
+        }
+        assert_refused_or_closed(&answer, &format!("input {n} ({len} bytes)"));
     }
+    assert_eq!(upstream.count(), 0, "random bytes were forwarded");
+    gateway.assert_running();
     gateway.with_key("caf\u{e9}").assert_rejected(401, "malformed_api_key");
     gateway.with_key("a\tb").assert_rejected(401, "malformed_api_key");
     gateway.with_key("%00").assert_rejected(403, "unknown_api_key"); // a header is not decoded
@@ -107,6 +132,7 @@ fn random_bytes_and_odd_keys_never_crash_the_gateway() {
     assert_eq!(gateway.with_key(VALID).status, 200, "the gateway is still up");
     assert_eq!(gateway.get(&format!("/x?apikey={VALID}&y=1"), &[]).status, 200);
     gateway.get("/x?apikey=odd-query-key-93b1", &[]).assert_rejected(403, "unknown_api_key");
+    gateway.assert_running();
     assert!(!gateway.logs().contains("panicked"), "{}", gateway.logs());
     // Among what was logged about 200 malformed requests, not one key.
     gateway.assert_no_key_in_logs(&[
@@ -147,18 +173,6 @@ fn slowloris_connections_are_cut_at_the_header_deadline_and_cost_others_nothing(
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("valid-key", &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).extra("header_timeout_ms: 1000").start();
-    let timed = |gateway: &support::Gateway| {
-        let mut times: Vec<Duration> = (0..21)
-            .map(|_| {
-                let started = std::time::Instant::now();
-                assert_eq!(gateway.with_key("valid-key").status, 200);
-                started.elapsed()
-            })
-            .collect();
-        times.sort();
-        times[10]
-    };
-    let usual = timed(&gateway);
 
     let mut slow: Vec<Option<TcpStream>> = (0..200)
         .map(|_| {
@@ -167,7 +181,21 @@ fn slowloris_connections_are_cut_at_the_header_deadline_and_cost_others_nothing(
             Some(s)
         })
         .collect();
-    let mut during = Duration::ZERO;
+    // Whether the gateway still holds every slow connection open: nothing to read yet, and
+    // no end of stream (an event, where a clock would only guess).
+    let all_held = |slow: &[Option<TcpStream>]| {
+        slow.iter().all(|s| {
+            let Some(s) = s else { return false };
+            s.set_nonblocking(true).unwrap();
+            let held = matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            s.set_nonblocking(false).unwrap();
+            held
+        })
+    };
+    // A well-behaved client is served all along. How fast, under slowloris or not, is a figure
+    // for a benchmark (benches/), not a pass or fail on a busy two-core machine; what this
+    // checks is that it is served while every slow connection is held, and after.
+    let (mut forwarded, mut while_held) = (0, 0);
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_millis(2500) {
         for slot in slow.iter_mut() {
@@ -177,15 +205,18 @@ fn slowloris_connections_are_cut_at_the_header_deadline_and_cost_others_nothing(
                 }
             }
         }
-        if during.is_zero() && started.elapsed() > Duration::from_millis(300) {
-            during = timed(&gateway);
+        let response = gateway.with_key("valid-key");
+        assert_eq!(response.status, 200, "under slowloris: {}", response.text());
+        forwarded += 1;
+        if all_held(&slow) {
+            while_held += 1;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(while_held > 0, "no request was answered while all 200 slow connections were held");
     let still_open = slow.iter().filter(|s| s.is_some()).count();
     assert!(still_open <= 5, "{still_open} of 200 slowloris connections outlived the header deadline");
-    assert!(during < usual + Duration::from_millis(5), "usual {usual:?}, under slowloris {during:?}");
-    assert_eq!(upstream.count(), 21 * 2, "no slowloris request was forwarded");
+    assert_eq!(upstream.count(), forwarded, "no slowloris request was forwarded");
 
     // A slow body is not a slow header: an upload taking twice the deadline goes through.
     let mut upload = Connection::open(gateway.addr).unwrap();

@@ -28,11 +28,11 @@ fn sigterm_lets_a_slow_upload_in_flight_finish_then_exits() {
     let stream = upload.stream();
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&body[..10_000]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    gateway.wait_accepted(upload.stream());
 
     assert_eq!(gateway.pid_in_file(), Some(gateway.pid()), "the pid file does not name the process");
-    gateway.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    gateway.terminate();
+    // The rest of the body after the stop began, at a slow client's pace.
     for chunk in body[10_000..].chunks(10_000) {
         upload.stream().write_all(chunk).unwrap();
         std::thread::sleep(Duration::from_millis(200));
@@ -53,9 +53,8 @@ fn a_connection_accepted_before_a_stop_is_answered_when_its_request_comes_after(
     let (_redis, upstream, mut gateway) = stopping_slowly("late-key");
     // Accepted, and silent when the stop begins: the request that was on its way arrives after.
     let mut early = Connection::open(gateway.addr).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    gateway.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    gateway.wait_accepted(early.stream());
+    gateway.terminate();
     let response = early.request("POST", "/ingest", &[("X-ApiKey", "late-key")], b"{}").unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("connection"), Some("close"), "a stopping gateway keeps connections");
@@ -133,9 +132,8 @@ fn headers_trickling_in_across_a_stop_are_answered() {
     let head = "POST /ingest HTTP/1.1\r\nHost: t\r\nX-ApiKey: slow-key\r\nContent-Length: 2\r\n\r\n{}";
     let (first, rest) = head.split_at(30);
     slow.stream().write_all(first.as_bytes()).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    gateway.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    gateway.wait_accepted(slow.stream());
+    gateway.terminate();
     slow.stream().write_all(rest.as_bytes()).unwrap();
     let response = slow.read_response().unwrap();
     assert_eq!(response.status, 200, "{}", response.text());

@@ -49,6 +49,7 @@ fn nginx_auth_request_proxies_valid_keys_with_their_app_and_answers_the_rest_lik
     let gateway = Setup::redis(&redis, &upstream)
         .extra(&format!("auth_listen: \"{auth}\"\ntrusted_proxies: [127.0.0.1/32]"))
         .start();
+    gateway.uses_key("unknown-key");
     let nginx = Nginx::start(
         "nginx-auth-request.conf",
         &[

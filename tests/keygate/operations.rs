@@ -37,8 +37,16 @@ fn a_bad_file_is_refused_counted_and_logged_and_the_old_config_stays() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
     redis.put_key("steady-key", &[("app", "acme")]);
     let gateway = Setup::redis(&redis, &upstream).start();
-    let good = std::fs::read_to_string(&gateway.config).unwrap();
-    gateway.reload(|yaml| format!("{yaml}cache:\n  ttl_s: 0\nfilter:\n  colour: blue\n"));
+    // What the bad file would change, where a client sees it at once: keys come from
+    // `X-Token` only, and keyless requests get a burst of 2 per address.
+    let observable_changes = |yaml: String| {
+        let generous = "unauthenticated_per_ip: {per_second: 100000, burst: 100000}";
+        assert!(yaml.contains(generous), "{yaml}");
+        let tight = yaml.replace(generous, "unauthenticated_per_ip: {per_second: 0.1, burst: 2}");
+        format!("{tight}api_key:\n  sources:\n    - header: X-Token\n")
+    };
+    gateway
+        .reload(|yaml| format!("{}cache:\n  ttl_s: 0\nfilter:\n  colour: blue\n", observable_changes(yaml)));
     assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="error"}"#), 1.0);
     assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 0.0);
     let logs = gateway.logs();
@@ -46,9 +54,23 @@ fn a_bad_file_is_refused_counted_and_logged_and_the_old_config_stays() {
         logs.contains("cache.ttl_s") && logs.contains("filter.colour"),
         "every problem is logged:\n{logs}"
     );
+    // The running config stays: the key source and the per-address limit are the old ones.
     assert_eq!(gateway.with_key("steady-key").status, 200, "the running config stays");
+    gateway.get("/ingest", &[("X-Token", "steady-key")]).assert_rejected(401, "missing_api_key");
+    for n in 0..5 {
+        let keyless = gateway.get("/ingest", &[]);
+        assert_eq!(keyless.status, 401, "keyless request {n}: the refused file's limit is in force");
+    }
+
+    // The same changes in a sound file apply at once: the checks above could see them.
+    let good = std::fs::read_to_string(&gateway.config).unwrap();
+    let good = good[..good.find("cache:\n  ttl_s: 0\n").unwrap()].to_string();
     gateway.reload(|_| good);
     assert_eq!(gateway.metric(r#"keygate_config_reloads_total{result="ok"}"#), 1.0);
+    assert_eq!(gateway.get("/ingest", &[("X-Token", "steady-key")]).status, 200);
+    gateway.with_key("steady-key").assert_rejected(401, "missing_api_key");
+    let keyless: Vec<u16> = (0..4).map(|_| gateway.get("/ingest", &[]).status).collect();
+    assert!(keyless.contains(&429), "the new per-address limit never held: {keyless:?}");
 }
 
 #[test]
@@ -110,7 +132,9 @@ fn a_new_redis_url_on_reload_reconnects_and_forgets_the_old_stores_answers() {
     assert!(moved.is_some(), "the new store's key was never accepted");
     gateway.with_key("first-only").assert_rejected(403, "unknown_api_key");
     // Announcements now come from the new store.
-    assert!(eventually(Duration::from_secs(3), || gateway.metric("keygate_filter_trusted") == 1.0).is_some());
+    let trusted =
+        eventually(Duration::from_secs(3), || gateway.try_metric("keygate_filter_trusted") == Some(1.0));
+    assert!(trusted.is_some(), "the filter never became trusted on the new store");
     second.put_key("second-new", &[("app", "two")]);
     second.announce("second-new");
     assert!(eventually(Duration::from_secs(1), || gateway.with_key("second-new").status == 200).is_some());
@@ -286,7 +310,7 @@ fn a_peer_that_stays_across_a_reload_keeps_its_health_and_gets_no_traffic() {
     let gateway = setup.start();
     let dead_series = format!("keygate_upstream_healthy{{peer=\"{dead}\"}}");
     // The first check runs at start; the next one is ten minutes away.
-    let marked = eventually(Duration::from_secs(5), || gateway.metric(&dead_series) == 0.0);
+    let marked = eventually(Duration::from_secs(5), || gateway.try_metric(&dead_series) == Some(0.0));
     assert!(marked.is_some(), "the dead peer was never marked unhealthy:\n{}", gateway.metrics());
 
     // From now on the dead peer's port answers: a request sent there is seen (and never

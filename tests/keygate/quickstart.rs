@@ -2,12 +2,16 @@
 //! run by the real binary, and the README's three curls answered as it says. Only the ports
 //! differ: the demo's fixed ones are replaced by free ones, and its upstream by a real one.
 
-use crate::support::{eventually, free_port, http, Upstream};
+use crate::support::{assert_no_used_key_in, eventually, free_port, http, Upstream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The running demo gateway, killed when the test ends however it ends.
+/// The keys the README's curls send.
+const KEYS: [&str; 2] = ["demo-key-0001", "nope"];
+
+/// The running demo gateway, killed when the test ends however it ends; then, as for every
+/// gateway the tests run, no key sent may be in its log.
 struct Demo {
     child: Child,
     log: std::path::PathBuf,
@@ -23,6 +27,10 @@ impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let keys = KEYS.iter().map(|k| k.to_string()).collect();
+            assert_no_used_key_in(&self.logs(), &keys, "the demo gateway");
+        }
     }
 }
 
@@ -66,8 +74,7 @@ fn the_readme_quickstart_answers_as_documented() {
 
     // curl -i localhost:6188/ingest -H 'X-ApiKey: demo-key-0001' -d '{"event":1}'
     let forwarded =
-        http::request(listen, "POST", "/ingest", &[("X-ApiKey", "demo-key-0001")], br#"{"event":1}"#)
-            .unwrap();
+        http::request(listen, "POST", "/ingest", &[("X-ApiKey", KEYS[0])], br#"{"event":1}"#).unwrap();
     assert_eq!(forwarded.status, 200, "{}\n{}", forwarded.text(), demo.logs());
     assert_eq!(forwarded.text(), r#"{"app":"demo","bytes":11}"#);
     let seen = upstream.received();
@@ -78,7 +85,9 @@ fn the_readme_quickstart_answers_as_documented() {
     // curl -i localhost:6188/ingest
     http::get(listen, "/ingest").unwrap().assert_rejected(401, "missing_api_key");
     // curl -i 'localhost:6188/ingest?apikey=nope'
-    http::get(listen, "/ingest?apikey=nope").unwrap().assert_rejected(403, "unknown_api_key");
+    http::get(listen, &format!("/ingest?apikey={}", KEYS[1]))
+        .unwrap()
+        .assert_rejected(403, "unknown_api_key");
     assert_eq!(upstream.count(), 1, "a rejected request reached the upstream");
 
     // curl -s localhost:9188/metrics | grep keygate_requests_total

@@ -3,7 +3,7 @@
 
 use crate::support::http::Response;
 use crate::support::{eventually, Gateway, Redis, Setup, Upstream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn limits(per_key: &str, per_ip: &str) -> String {
     format!("rate_limit:\n  {per_key}\n  unauthenticated_per_ip: {per_ip}")
@@ -15,6 +15,23 @@ fn from(gateway: &Gateway, client: &str, key: Option<&str>) -> Response {
         headers.push(("X-ApiKey", key));
     }
     gateway.get("/ingest", &headers)
+}
+
+/// `requests` requests for `key`, one after the other; their answers, and the most a limit of
+/// `burst` then `per_second` may let through in the time they took: the burst, what refilled
+/// meanwhile, and one for rounding. Measured, not assumed: a busy machine takes longer, and
+/// the limit rightly lets more through.
+fn burst_of(
+    gateway: &Gateway,
+    key: &str,
+    requests: usize,
+    per_second: f64,
+    burst: usize,
+) -> (Vec<Response>, usize) {
+    let started = Instant::now();
+    let answers = (0..requests).map(|_| gateway.with_key(key)).collect();
+    let refilled = (per_second * started.elapsed().as_secs_f64()).floor() as usize;
+    (answers, burst + refilled + 1)
 }
 
 fn assert_limited(response: &Response) {
@@ -38,9 +55,9 @@ fn a_key_gets_its_burst_then_429_and_recovers_after_its_window() {
         .start();
     let mut limited_seen = 0;
 
-    let answers: Vec<Response> = (0..40).map(|_| gateway.with_key("busy-key")).collect();
+    let (answers, most) = burst_of(&gateway, "busy-key", 40, 5.0, 5);
     let passed = answers.iter().filter(|r| r.status == 200).count();
-    assert!((5..=8).contains(&passed), "{passed} of 40 passed");
+    assert!((5..=most).contains(&passed), "{passed} of 40 passed, where at most {most} may");
     for limited in answers.iter().filter(|r| r.status != 200) {
         assert_limited(limited);
         assert_eq!(limited.header("ratelimit-limit"), Some("5"));
@@ -48,9 +65,9 @@ fn a_key_gets_its_burst_then_429_and_recovers_after_its_window() {
     }
     assert_eq!(gateway.with_key("quiet-key").status, 200, "another key is unaffected");
 
-    let own: Vec<Response> = (0..40).map(|_| gateway.with_key("own-limit-key")).collect();
+    let (own, most) = burst_of(&gateway, "own-limit-key", 40, 2.0, 12);
     let passed = own.iter().filter(|r| r.status == 200).count();
-    assert!((12..=15).contains(&passed), "the record's burst of 12 let {passed} through");
+    assert!((12..=most).contains(&passed), "the record's burst of 12 let {passed} through, not 12 to {most}");
     for limited in own.iter().filter(|r| r.status != 200) {
         assert_limited(limited);
         assert_eq!(limited.header("ratelimit-limit"), Some("12"), "the record's own burst");
@@ -170,12 +187,7 @@ fn without_the_filter_junk_is_charged_before_the_store_is_asked() {
 #[test]
 fn while_the_filter_answers_an_address_over_its_limit_gets_no_store_read_even_for_its_false_positives() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
-    let mut pipe = redis::pipe();
-    for n in 0..2000 {
-        let id = keygate::key::ApiKey::from_cli(&format!("stored-key-{n}")).id();
-        pipe.cmd("HSET").arg(format!("keygate:key:{id}")).arg("app").arg("acme").ignore();
-    }
-    let _: () = pipe.query(&mut redis.connection()).unwrap();
+    redis.put_keys((0..2000).map(|n| format!("stored-key-{n}")), "acme");
     // A filter of 4 bits per key lets a good share of junk through, as if it were a valid key.
     let gateway = Setup::redis(&redis, &upstream)
         .extra(&limits("per_second: 1000\n  burst: 1000", "{per_second: 0.1, burst: 10}"))
@@ -219,10 +231,10 @@ fn the_per_ip_limiter_forgets_idle_addresses() {
         let client = format!("198.51.100.{n}");
         from(&gateway, &client, None).assert_rejected(401, "missing_api_key");
     }
-    let addresses = || gateway.metric("keygate_ip_limiter_addresses");
-    assert_eq!(addresses(), 50.0);
+    let addresses = || gateway.try_metric("keygate_ip_limiter_addresses");
+    assert_eq!(addresses(), Some(50.0));
     // A tenth of a second later each is back to a full burst; the sweep runs every 10 s.
-    let forgotten = eventually(Duration::from_secs(25), || addresses() == 0.0);
-    assert!(forgotten.is_some(), "{} idle addresses still held", addresses());
+    let forgotten = eventually(Duration::from_secs(25), || addresses() == Some(0.0));
+    assert!(forgotten.is_some(), "{:?} idle addresses still held", addresses());
     assert!(gateway.metrics().lines().all(|line| !line.contains("198.51.100.")), "an address in a metric");
 }

@@ -5,6 +5,8 @@
 //! - [`Upstream`]: the demo ingestion node (`examples/demo_upstream`, the same code `make demo`
 //!   runs), recording what reached it.
 //! - [`Gateway`]: the real `keygate` binary on a config written for the test, its stderr kept.
+//!   When it is dropped it checks that no key the test used reached that stderr (guarantee 7),
+//!   for every test that runs one: see [`UsedKeys`].
 //! - [`http`]: a small HTTP/1.1 client that can keep a connection open and send what it likes.
 //! - [`nginx`]: a real nginx running one of the shipped snippets.
 
@@ -13,10 +15,12 @@ pub mod nginx;
 #[path = "../../../examples/demo_upstream/upstream.rs"]
 mod upstream;
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use upstream::{DemoUpstream, Received};
 
@@ -46,6 +50,61 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<D
     check().then(|| started.elapsed())
 }
 
+// === impl UsedKeys ===
+
+/// Every key a test used, for the check that none of them reached the gateway's log. Shared by
+/// the test's [`Redis`] (each key it writes or announces) and its [`Gateway`] (each key sent
+/// through its helpers, and those a test names with [`Gateway::uses_key`]).
+#[derive(Clone, Default)]
+pub struct UsedKeys(Arc<Mutex<BTreeSet<String>>>);
+
+impl UsedKeys {
+    pub fn add(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string());
+    }
+
+    fn all(&self) -> BTreeSet<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Keys shorter than this are left out of the automatic check: strings such as `aaa`, `q` or
+/// `%00` turn up in a log by chance. Tests that use such keys name them to
+/// [`Gateway::assert_no_key_in_logs`] themselves.
+const SHORTEST_CHECKED_KEY: usize = 5;
+
+/// Where the first of `keys` (those of at least [`SHORTEST_CHECKED_KEY`] bytes) occurs in
+/// `log`: its 1-based line, and that line with the key masked. Keys are indexed by their first
+/// bytes, so that thousands of them cost one pass over the log.
+pub fn find_key(log: &str, keys: &BTreeSet<String>) -> Option<(usize, String)> {
+    let mut by_prefix: HashMap<&[u8], Vec<&str>> = HashMap::new();
+    for key in keys.iter().filter(|k| k.len() >= SHORTEST_CHECKED_KEY) {
+        by_prefix.entry(&key.as_bytes()[..SHORTEST_CHECKED_KEY]).or_default().push(key);
+    }
+    let bytes = log.as_bytes();
+    let found = bytes.windows(SHORTEST_CHECKED_KEY).enumerate().find_map(|(at, window)| {
+        by_prefix
+            .get(window)?
+            .iter()
+            .find(|key| bytes[at..].starts_with(key.as_bytes()))
+            .map(|key| (at, *key))
+    });
+    let (at, key) = found?;
+    let line_start = log[..at].rfind('\n').map_or(0, |n| n + 1);
+    let line_end = log[at..].find('\n').map_or(log.len(), |n| at + n);
+    let line = log[line_start..line_end].replace(key, "<KEY>");
+    Some((log[..at].matches('\n').count() + 1, line))
+}
+
+/// Guarantee 7 at a test's end: none of `keys` appears in `log` (a process's stderr). Never
+/// prints a key: only where it was found.
+pub fn assert_no_used_key_in(log: &str, keys: &BTreeSet<String>, whose: &str) {
+    assert!(!log.is_empty(), "{whose} logged nothing at all: no key check can pass on that");
+    if let Some((line, text)) = find_key(log, keys) {
+        panic!("a key the test used reached {whose}'s log, line {line} (the key masked):\n{text}");
+    }
+}
+
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -{name} {pid}");
@@ -57,12 +116,14 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     _dir: tempfile::TempDir,
+    /// Every key written or announced, for the check of a gateway on this store.
+    used: UsedKeys,
 }
 
 impl Redis {
     pub fn start() -> Redis {
         let dir = tempfile::tempdir().unwrap();
-        let mut redis = Redis { port: free_port(), child: None, _dir: dir };
+        let mut redis = Redis { port: free_port(), child: None, _dir: dir, used: UsedKeys::default() };
         redis.spawn();
         redis
     }
@@ -108,6 +169,7 @@ impl Redis {
     /// Writes a key's record (HSET), without announcing it: a key written before the gateway
     /// starts, or one a test announces itself.
     pub fn put_key(&self, key: &str, fields: &[(&str, &str)]) {
+        self.used.add(key);
         let id = keygate::key::ApiKey::from_cli(key).id().to_hex();
         let mut con = self.connection();
         let _: () = redis::cmd("DEL").arg(format!("keygate:key:{id}")).query(&mut con).unwrap();
@@ -119,7 +181,19 @@ impl Redis {
         let _: () = hset.query(&mut con).unwrap();
     }
 
+    /// Writes a record for each of `keys` with app `app`, in one round trip.
+    pub fn put_keys(&self, keys: impl IntoIterator<Item = String>, app: &str) {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            let id = keygate::key::ApiKey::from_cli(&key).id();
+            pipe.cmd("HSET").arg(format!("keygate:key:{id}")).arg("app").arg(app).ignore();
+            self.used.add(&key);
+        }
+        let _: () = pipe.query(&mut self.connection()).unwrap();
+    }
+
     pub fn announce(&self, key: &str) {
+        self.used.add(key);
         let id = keygate::key::ApiKey::from_cli(key).id().to_hex();
         let _: () =
             redis::cmd("PUBLISH").arg("keygate:invalidate").arg(id).query(&mut self.connection()).unwrap();
@@ -228,6 +302,9 @@ impl Upstream {
 
 // === impl Gateway ===
 
+/// What the gateway logs when a stop or an upgrade begins (src/background.rs).
+const DRAINING: &str = "closing connections after each response";
+
 /// The parts of a gateway's config a test cares about; the rest is filled in.
 pub struct Setup {
     /// The `store:` section's body, indented by two spaces.
@@ -247,6 +324,8 @@ pub struct Setup {
     /// `(from, to)` replacements in the written config, for the few lines the harness fixes
     /// (`threads: 2`, the tcp health check): each `from` must be there.
     pub rewrites: Vec<(String, String)>,
+    /// The keys of the store the gateway runs on (its Redis's), checked against its log.
+    used: UsedKeys,
 }
 
 impl Setup {
@@ -260,6 +339,7 @@ impl Setup {
             grace_period_s: 1,
             health_interval_ms: 200,
             rewrites: Vec::new(),
+            used: redis.used.clone(),
         }
     }
 
@@ -274,6 +354,7 @@ impl Setup {
             grace_period_s: 1,
             health_interval_ms: 200,
             rewrites: Vec::new(),
+            used: UsedKeys::default(),
         }
     }
 
@@ -322,6 +403,63 @@ pub struct Gateway {
     child: Child,
     log: PathBuf,
     pub dir: tempfile::TempDir,
+    /// Keys the test used: its store's, those sent with [`Gateway::with_key`], and those it
+    /// names with [`Gateway::uses_key`].
+    used: UsedKeys,
+    /// What [`Gateway::get`] sent, kept until the end: a value is a key when its name is one
+    /// the gateway took keys from at some point (a reload may change the sources).
+    sent: Mutex<Sent>,
+}
+
+/// Header and query values a test sent, by (lowercase) name, and the key sources the gateway's
+/// config named over its life.
+#[derive(Default)]
+struct Sent {
+    headers: Vec<(String, String)>,
+    queries: Vec<(String, String)>,
+    header_sources: BTreeSet<String>,
+    query_sources: BTreeSet<String>,
+}
+
+impl Sent {
+    /// Adds the sources `yaml` names (`- header: X` / `- query: y` lines), or the default ones
+    /// when it sets none.
+    fn learn_sources(&mut self, yaml: &str) {
+        let mut named = false;
+        for line in yaml.lines() {
+            let entry = line.trim().trim_start_matches("- ");
+            if let Some(name) = entry.strip_prefix("header:") {
+                self.header_sources.insert(name.trim().to_ascii_lowercase());
+                named = true;
+            } else if let Some(name) = entry.strip_prefix("query:") {
+                self.query_sources.insert(name.trim().to_string());
+                named = true;
+            }
+        }
+        if !named {
+            self.header_sources.insert("x-apikey".into());
+            self.query_sources.insert("apikey".into());
+        }
+    }
+
+    fn record(&mut self, path: &str, headers: &[(&str, &str)]) {
+        for (name, value) in headers {
+            self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+        let query = path.split_once('?').map_or("", |(_, q)| q);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            self.queries.push((name.to_string(), value.to_string()));
+            let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            self.queries.push((name.to_string(), decoded.into_owned()));
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        let headers = self.headers.iter().filter(|(n, _)| self.header_sources.contains(n));
+        let queries = self.queries.iter().filter(|(n, _)| self.query_sources.contains(n));
+        headers.chain(queries).map(|(_, value)| value)
+    }
 }
 
 impl Gateway {
@@ -347,6 +485,8 @@ impl Gateway {
         }
         let setup_disables_filter = setup.extra.contains("filter: {enabled: false}");
         let config = dir.path().join("keygate.yaml");
+        let mut sent = Sent::default();
+        sent.learn_sources(&yaml);
         std::fs::write(&config, yaml).unwrap();
         let log = dir.path().join("stderr.log");
         let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
@@ -357,7 +497,8 @@ impl Gateway {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let gateway = Gateway { addr, admin, config, child, log, dir };
+        let (used, sent) = (setup.used, Mutex::new(sent));
+        let gateway = Gateway { addr, admin, config, child, log, dir, used, sent };
         let up = eventually(Duration::from_secs(20), || {
             http::get(gateway.admin, "/healthz").is_ok_and(|r| r.status == 200)
                 && std::net::TcpStream::connect(gateway.addr).is_ok()
@@ -365,40 +506,60 @@ impl Gateway {
         assert!(up.is_some(), "keygate did not start:\n{}", gateway.logs());
         if wait_for_filter && !setup_disables_filter {
             // Every test starts from the same state: the filter built and trusted.
-            let trusted =
-                eventually(Duration::from_secs(10), || gateway.metric("keygate_filter_trusted") == 1.0);
+            let trusted = eventually(Duration::from_secs(10), || {
+                gateway.try_metric("keygate_filter_trusted") == Some(1.0)
+            });
             assert!(trusted.is_some(), "the membership filter never became trusted:\n{}", gateway.logs());
         }
         gateway
     }
 
-    /// A request with `headers` (name, value pairs) to `path`.
+    /// A request with `headers` (name, value pairs) to `path`. Whatever it sends as a key
+    /// (a header or query parameter the config takes keys from) is checked against the log.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> http::Response {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).record(path, headers);
         http::request(self.addr, "GET", path, headers, b"").unwrap()
     }
 
     pub fn with_key(&self, key: &str) -> http::Response {
+        self.uses_key(key);
         self.get("/ingest", &[("X-ApiKey", key)])
+    }
+
+    /// Names a key the test sends by other means than [`Gateway::get`] (its own connections),
+    /// so that the check at the end covers it too.
+    pub fn uses_key(&self, key: &str) {
+        self.used.add(key);
     }
 
     pub fn metrics(&self) -> String {
         http::get(self.admin, "/metrics").unwrap().text()
     }
 
-    /// The value of one series, e.g. `keygate_requests_total{outcome="forwarded"}`.
+    /// The value of one series, e.g. `keygate_requests_total{outcome="forwarded"}`. A series
+    /// the gateway does not export fails the test, naming it: a renamed or dropped metric must
+    /// not read as 0.
     pub fn metric(&self, series: &str) -> f64 {
-        self.metrics().lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+        let text = self.metrics();
+        value_of(&text, series).unwrap_or_else(|| panic!("no series `{series}` in /metrics:\n{text}"))
+    }
+
+    /// The value of one series, `None` while it is not exported: for waits, which must wait for
+    /// the series to exist (`== Some(0.0)`), not take its absence for a zero.
+    pub fn try_metric(&self, series: &str) -> Option<f64> {
+        value_of(&self.metrics(), series)
     }
 
     /// The value of `series` once it reaches `expected` (counted in `logging`, just after the
-    /// answer was sent), or its last value after two seconds.
+    /// answer was sent), or its last value after two seconds; fails the test if it is never
+    /// exported.
     pub fn settled_metric(&self, series: &str, expected: f64) -> f64 {
-        let mut last = 0.0;
+        let mut last = None;
         eventually(Duration::from_secs(2), || {
-            last = self.metric(series);
-            last == expected
+            last = self.try_metric(series);
+            last == Some(expected)
         });
-        last
+        last.unwrap_or_else(|| panic!("no series `{series}` in /metrics:\n{}", self.metrics()))
     }
 
     pub fn logs(&self) -> String {
@@ -421,8 +582,9 @@ impl Gateway {
     /// Rewrites the config file with `edit` and sends SIGHUP; returns once the reload was
     /// counted, ok or not.
     pub fn reload(&self, edit: impl FnOnce(String) -> String) {
-        let text = std::fs::read_to_string(&self.config).unwrap();
-        std::fs::write(&self.config, edit(text)).unwrap();
+        let text = edit(std::fs::read_to_string(&self.config).unwrap());
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).learn_sources(&text);
+        std::fs::write(&self.config, text).unwrap();
         let before = self.reloads();
         signal(self.pid(), "HUP");
         let counted = eventually(Duration::from_secs(5), || self.reloads() > before);
@@ -436,6 +598,41 @@ impl Gateway {
 
     pub fn signal(&self, name: &str) {
         signal(self.pid(), name);
+    }
+
+    /// Waits until the gateway has accepted `client`'s connection. Until then the kernel
+    /// holds it in the listener's queue, and a stop would drop it; after, the connection is
+    /// the gateway's. Seen in /proc/net/tcp: the gateway's end of the connection has a socket
+    /// (a non-zero inode) only once accepted.
+    pub fn wait_accepted(&self, client: &std::net::TcpStream) {
+        let hex = |addr: SocketAddr| match addr {
+            SocketAddr::V4(a) => format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port()),
+            SocketAddr::V6(_) => panic!("the tests connect over IPv4"),
+        };
+        let (ours, theirs) = (hex(self.addr), hex(client.local_addr().unwrap()));
+        let accepted = eventually(Duration::from_secs(5), || {
+            let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+            table.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 9 && fields[1] == ours && fields[2] == theirs && fields[9] != "0"
+            })
+        });
+        assert!(accepted.is_some(), "the gateway never accepted the connection:\n{}", self.logs());
+    }
+
+    /// Sends SIGTERM and returns once the stop has begun, as the gateway shows it: the
+    /// listener logged that it stopped accepting, and the gateway that it now closes each
+    /// connection after its response. Whatever a test sends after this comes after the stop.
+    pub fn terminate(&self) {
+        let before = self.logs().len();
+        self.signal("TERM");
+        let listener_stopped = format!("Shutting down {}", self.addr);
+        let begun = eventually(Duration::from_secs(5), || {
+            let logs = self.logs();
+            let since = logs.get(before..).unwrap_or("");
+            since.contains(&listener_stopped) && since.contains(DRAINING)
+        });
+        assert!(begun.is_some(), "the stop never began after SIGTERM:\n{}", self.logs());
     }
 
     /// Waits up to `within` for the process to exit; its status, if it did.
@@ -476,6 +673,12 @@ impl Gateway {
         assert!(renamed.is_some(), "the pid file does not name the new process:\n{}", self.logs());
     }
 
+    /// Fails the test if the gateway process has exited.
+    pub fn assert_running(&mut self) {
+        let status = self.child.try_wait().unwrap();
+        assert!(status.is_none(), "the gateway exited ({status:?}):\n{}", self.logs());
+    }
+
     /// The pid in the configured `pid_file`, if the file is there.
     pub fn pid_in_file(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.dir.path().join("keygate.pid")).ok()?;
@@ -487,9 +690,21 @@ impl Gateway {
     }
 }
 
+/// The value of `series` in the Prometheus text `text`, if it is there.
+fn value_of(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Guarantee 7, for every test that runs a gateway. Not while the test is already
+        // failing: a panic in a drop during a panic aborts, and the first failure is lost.
+        if !std::thread::panicking() {
+            let mut keys = self.used.all();
+            keys.extend(self.sent.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned());
+            assert_no_used_key_in(&self.logs(), &keys, "the gateway");
+        }
     }
 }
