@@ -1,5 +1,5 @@
 //! Key extraction over arbitrary header values and query strings: never a panic, and a key
-//! only when it is well formed. The answer is checked against the contract worked out here,
+//! only when it is well formed. The answer is checked against the rules worked out here,
 //! apart from the code under test: the first source present decides; a header's values must
 //! all be equal, and so must the query's `apikey` values, decoded once; a key is 1 to 128
 //! visible ASCII bytes.
@@ -39,7 +39,7 @@ fn decoded_once(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What the contract says the input holds.
+/// What the documented rules say the input holds.
 enum Expected {
     Key(Vec<u8>),
     Malformed,
@@ -105,7 +105,7 @@ fuzz_target!(|data: &[u8]| {
         }
         (Extracted::Key(_), _) => panic!("a key was extracted where none is well formed"),
         (Extracted::Malformed, Expected::Malformed) | (Extracted::Missing, Expected::Missing) => {}
-        (Extracted::Malformed, _) => panic!("malformed, where the contract sees a key or none"),
+        (Extracted::Malformed, _) => panic!("malformed, where the rules see a key or none"),
         (Extracted::Missing, _) => panic!("missing, where a source holds a value"),
     }
 });

@@ -1,4 +1,4 @@
-//! Every row of the contract's answer table, seen by a client of the real gateway, and what the
+//! Every row of the README's answer table, seen by a client of the real gateway, and what the
 //! upstream receives for a forwarded request.
 
 use crate::support::http::{self, Connection};

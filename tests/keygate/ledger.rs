@@ -1,5 +1,5 @@
 //! The promise: an outage is bad, losing inbound data is unacceptable. Clients send uniquely
-//! numbered requests with valid keys and retry only what the contract calls retryable; one of
+//! numbered requests with valid keys and retry only what the README calls retryable; one of
 //! three ingestion nodes dies and Redis freezes for a second along the way. At the end no valid
 //! key was ever refused, every request was accepted, and every accepted one was ingested.
 

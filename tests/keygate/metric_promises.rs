@@ -1,4 +1,4 @@
-//! The metrics as the contract documents them, read from `/metrics` after real traffic: each
+//! The metrics as the README documents them, read from `/metrics` after real traffic: each
 //! metric's type, a `keygate_request_seconds` series for every outcome, and no key or key id in
 //! any label.
 
@@ -154,7 +154,7 @@ fn every_outcome_has_its_request_seconds_series_counting_what_requests_total_cou
     assert!(waited >= 0.95, "store_unavailable observed {waited} s");
 }
 
-/// The contract's metrics table: name and type.
+/// The README's metrics table: name and type.
 const DOCUMENTED: [(&str, &str); 8] = [
     ("keygate_requests_total", "counter"),
     ("keygate_cache_lookups_total", "counter"),

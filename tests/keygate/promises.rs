@@ -1,4 +1,4 @@
-//! Promises of the contract that no other area covers, each seen from the outside: key expiry
+//! Documented promises that no other area covers, each seen from the outside: key expiry
 //! (set by `keys add --expires`, and passing while the key is cached), a non-default Redis
 //! prefix, `api_key.forward: false`, the HTTP health check, the connect timeout, the default
 //! thread count, the auth listener's 503s, and guarantee 8 behind both shipped nginx snippets.
@@ -366,7 +366,7 @@ fn without_threads_the_gateway_runs_one_worker_per_cpu() {
 
 // === the auth listener's 503s ===
 
-/// The contract's 503 on the auth listener: JSON, `Retry-After`, and the code again in
+/// The documented 503 on the auth listener: JSON, `Retry-After`, and the code again in
 /// `X-Keygate-Error` for nginx.
 fn assert_auth_503(response: &Response, code: &str) {
     response.assert_rejected(503, code);

@@ -1,4 +1,4 @@
-//! The store is asked as little as the contract allows: once per unknown key per negative TTL,
+//! The store is asked as little as the README's guarantees allow: once per unknown key per negative TTL,
 //! once for many concurrent first requests, and again only when an announcement says so.
 
 use crate::support::http;

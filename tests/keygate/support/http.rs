@@ -21,7 +21,7 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// Asserts the contract's rejection: status, JSON content type and `{"error":"CODE"}`.
+    /// Asserts the documented rejection: status, JSON content type and `{"error":"CODE"}`.
     pub fn assert_rejected(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "body: {}", self.text());
         assert_eq!(self.header("content-type"), Some("application/json"));
