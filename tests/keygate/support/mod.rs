@@ -330,23 +330,19 @@ pub struct Setup {
 
 impl Setup {
     pub fn redis(redis: &Redis, upstream: &Upstream) -> Setup {
-        Setup {
-            store: format!("  redis:\n    url: {}\n    timeout_ms: 50\n", redis.url()),
-            peers: vec![upstream.addr.to_string()],
-            extra: String::new(),
-            generous_limits: true,
-            listeners: Vec::new(),
-            grace_period_s: 1,
-            health_interval_ms: 200,
-            rewrites: Vec::new(),
-            used: redis.used.clone(),
-        }
+        let store = format!("  redis:\n    url: {}\n    timeout_ms: 50\n", redis.url());
+        Setup::with_store(store, upstream, redis.used.clone())
     }
 
     /// The file store at `keys`.
     pub fn file(keys: &std::path::Path, upstream: &Upstream) -> Setup {
+        Setup::with_store(format!("  file: {}\n", keys.display()), upstream, UsedKeys::default())
+    }
+
+    /// The harness's defaults around the `store:` section `store`.
+    fn with_store(store: String, upstream: &Upstream, used: UsedKeys) -> Setup {
         Setup {
-            store: format!("  file: {}\n", keys.display()),
+            store,
             peers: vec![upstream.addr.to_string()],
             extra: String::new(),
             generous_limits: true,
@@ -354,7 +350,7 @@ impl Setup {
             grace_period_s: 1,
             health_interval_ms: 200,
             rewrites: Vec::new(),
-            used: UsedKeys::default(),
+            used,
         }
     }
 
