@@ -4,6 +4,7 @@
 //!
 //! - [`answers`]: every row of the answer table, and what the upstream receives.
 //! - [`config_check`]: `keygate -t` on every shipped config and on a bad one.
+//! - [`failover`]: Sentinel and cluster failovers under load refuse no valid key.
 //! - [`filter`]: the membership filter keeps a flood of unknown keys away from Redis.
 //! - [`hostile`]: hostile input gets a 4xx or a closed connection, never a crash.
 //! - [`keys_cli`]: `keygate keys add|revoke|show` against a running gateway.
@@ -14,6 +15,7 @@
 //! - [`quickstart`]: the README's quickstart as written.
 //! - [`rate_limits`]: per-key and per-address limits from the outside.
 //! - [`store_faults`]: the store frozen, killed, restarted.
+//! - [`store_modes`]: one contract test run on one Redis, a Sentinel group and a cluster.
 //! - [`store_shield`]: the store is asked as little as possible.
 //! - [`upstream_faults`]: dead, hung and resetting ingestion nodes.
 //!
@@ -23,6 +25,7 @@ mod support;
 
 mod answers;
 mod config_check;
+mod failover;
 mod filter;
 mod hostile;
 mod keys_cli;
@@ -33,5 +36,6 @@ mod operations;
 mod quickstart;
 mod rate_limits;
 mod store_faults;
+mod store_modes;
 mod store_shield;
 mod upstream_faults;
