@@ -1,8 +1,10 @@
 //! What the store says about a key id: asked last by the lookup, when neither the cache nor the
 //! membership filter can answer.
 //!
-//! The store is a trait so the gateway runs on Redis in production, on a YAML file for a single
-//! node or a demo, and on an in-memory map in unit tests and benchmarks. "Not found" and
+//! The store is a trait so the gateway runs on Redis in production (one server or the master of
+//! a Sentinel group: [`redis`] and [`sentinel`]; a cluster: [`cluster`]; how each connects:
+//! [`nodes`]), on a YAML file for a single node or a demo, and on an in-memory map in unit
+//! tests and benchmarks. "Not found" and
 //! "unavailable" are different answers on purpose: the first is cached as unknown, the second
 //! never is.
 
