@@ -3,10 +3,10 @@
 //! reloads on SIGHUP and the drain after a hand-over. It exists before the server starts and
 //! outlives any one of Pingora's services.
 
-use crate::config::StoreBackend;
 use crate::gateway::Gateway;
 use crate::invalidate;
 use crate::lookup::KeyLookup;
+use crate::store::KeyStore;
 use pingora::server::ExecutionPhase;
 use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
@@ -45,20 +45,17 @@ impl Background {
 
     /// (Re)starts following the store's announcements: the Redis subscription, or for the file
     /// store nothing (the file changes only on reload, so nothing can be missed).
-    pub fn follow_announcements(&self, store: &StoreBackend, lookup: &Arc<KeyLookup>) {
+    pub fn follow_announcements(&self, store: &Arc<dyn KeyStore>, lookup: &Arc<KeyLookup>) {
         let mut current = self.announcements.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = current.take() {
             old.abort();
             lookup.announcements_lost();
         }
-        match store {
-            StoreBackend::Redis { url, prefix } => {
-                let Ok(client) = redis::Client::open(url.as_str()) else { return };
-                let channel = format!("{prefix}invalidate");
-                *current =
-                    Some(self.runtime().spawn(invalidate::listen(client, channel, Arc::clone(lookup))));
+        match store.announcements() {
+            Some(announcements) => {
+                *current = Some(self.runtime().spawn(invalidate::listen(announcements, Arc::clone(lookup))));
             }
-            StoreBackend::File(_) => lookup.announcements_resumed(),
+            None => lookup.announcements_resumed(),
         }
     }
 }

@@ -57,7 +57,7 @@ impl Gateway {
         let health_check = config.upstream.health_check.clone();
         let settings = {
             let _in_runtime = background.runtime().enter();
-            Arc::new(ArcSwap::from_pointee(Settings::first(config)?))
+            Arc::new(ArcSwap::from_pointee(Settings::first(config, &metrics)?))
         };
         // Connect to the store before serving: otherwise the first lookups of a new process (a
         // start, or a graceful upgrade taking over live traffic) pay the connection set-up
@@ -85,7 +85,7 @@ impl Gateway {
             background,
         });
         let settings = gateway.settings.load();
-        gateway.background.follow_announcements(&settings.config.store.backend, &gateway.lookup);
+        gateway.background.follow_announcements(&settings.lookup.store, &gateway.lookup);
         if settings.config.filter.enabled {
             let rebuilds = filter::rebuild::maintain(
                 Arc::clone(&gateway.lookup),

@@ -5,9 +5,14 @@
 //! pings the subscription so a dead connection is noticed and replaced. Each time it
 //! (re)subscribes, announcements may have been missed, so the cache is told to trust nothing
 //! it holds as unknown and to confirm its known keys again.
+//!
+//! Where it subscribes is the store's [`AnnouncementHub`]: the one server; under Sentinel the
+//! master, and again on the new master as soon as it moves (a demoted or dead master may not
+//! carry what is published on the new one); in a cluster any node, the next one when it fails.
 
 use crate::key::KeyId;
 use crate::lookup::{Announcement, KeyLookup};
+use crate::store::nodes::{AnnouncementHub, Announcements};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,17 +32,31 @@ pub fn parse(payload: &str) -> Option<Announcement> {
 }
 
 /// Runs the subscription for ever, reconnecting as needed; the lookup hears each loss and resumption.
-pub async fn listen(client: redis::Client, channel: String, lookup: Arc<KeyLookup>) {
+pub async fn listen(announcements: Announcements, lookup: Arc<KeyLookup>) {
+    let Announcements { hub, channel } = announcements;
     let mut logged_down = false;
-    loop {
+    for attempt in 0usize.. {
+        // Taken before the node is chosen, so that a move in between is not missed.
+        let moved = hub.moved();
+        let Some(client) = hub.node(attempt) else {
+            // No master named yet: subscribe as soon as one is.
+            hub.wait_for_node(RESUBSCRIBE_DELAY * 4).await;
+            continue;
+        };
         match subscribe(&client, &channel).await {
             Ok(pubsub) => {
                 lookup.announcements_resumed();
-                log::info!("listening for invalidations on {channel}");
+                log::info!("listening for invalidations on {channel}{}", at_node(&hub, &client));
                 logged_down = false;
-                let reason = follow(pubsub, &lookup).await;
+                let reason = tokio::select! {
+                    reason = follow(pubsub, &lookup) => reason,
+                    _ = moved => "the master moved",
+                };
                 lookup.announcements_lost();
                 log::warn!("invalidation subscription lost ({reason}); subscribing again");
+                if reason == "the master moved" {
+                    continue; // at once: the new master is known
+                }
             }
             Err(e) if !logged_down => {
                 log::warn!("cannot subscribe to invalidations: {e}; retrying");
@@ -46,6 +65,14 @@ pub async fn listen(client: redis::Client, channel: String, lookup: Arc<KeyLooku
             Err(_) => {}
         }
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+/// ` at HOST:PORT` where the node changes over time (Sentinel, cluster); nothing otherwise.
+fn at_node(hub: &AnnouncementHub, client: &redis::Client) -> String {
+    match hub {
+        AnnouncementHub::Node(_) => String::new(),
+        _ => format!(" at {}", client.get_connection_info().addr()),
     }
 }
 

@@ -1,19 +1,25 @@
 //! `keygate keys add|revoke|show`: key management against the configured store.
 //!
 //! Redis: the record is written (replaced whole by `add`) in one transaction, then its id is
-//! announced on `{prefix}invalidate`, so every gateway applies it within a second. File store:
+//! announced on `{prefix}invalidate`, so every gateway applies it within a second. Under
+//! Sentinel the master is asked of the sentinels, and asked again (for up to ten seconds) when
+//! it answers as a replica or goes away mid-command; in a cluster redis-rs's cluster client
+//! routes the record to its slot's master (classic PUBLISH reaches every node). File store:
 //! the entry is written by id (never the key itself) and the gateways pick it up on SIGHUP.
 //! Nothing here ever prints a key: output names the key's id.
 
-use crate::config::{Config, StoreBackend};
+use crate::config::{Config, RedisAuth, RedisNodes, StoreBackend};
 use crate::key::{ApiKey, KeyId};
+use crate::store::nodes;
 use crate::store::record::{unix_now, KeyRecord};
 use crate::store::redis::RedisStore;
-use anyhow::{bail, Context};
+use crate::store::sentinel::SentinelGroup;
+use anyhow::Context;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use serde_yaml::{Mapping, Value};
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What to do to a key.
 pub enum KeyCommand {
@@ -30,20 +36,96 @@ pub fn run(config: &Config, key: &str, command: KeyCommand) -> anyhow::Result<St
     }
     let id = key.id();
     match &config.store.backend {
-        StoreBackend::Redis { url, prefix } => in_redis(url, prefix, id, command),
+        StoreBackend::Redis { nodes, auth, prefix } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(in_redis(nodes, auth, prefix, id, command))
+        }
         StoreBackend::File(path) => in_file(path, id, command),
     }
 }
 
-fn in_redis(url: &str, prefix: &str, id: KeyId, command: KeyCommand) -> anyhow::Result<String> {
-    let client = redis::Client::open(url)?;
-    let mut con = client.get_connection_with_timeout(Duration::from_secs(5)).context("cannot reach Redis")?;
+/// How long `keys` goes on trying through a failover (Sentinel, cluster) before giving up.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(10);
+/// How long one connection may take to be made.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a command against Redis did not succeed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot reach Redis: {0}")]
+    Unreachable(String),
+    /// Redis answered, and the answer is the end of it (no such record).
+    #[error("{0}")]
+    Refused(String),
+}
+
+async fn in_redis(
+    nodes: &RedisNodes,
+    auth: &RedisAuth,
+    prefix: &str,
+    id: KeyId,
+    command: KeyCommand,
+) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        let attempt = match nodes {
+            RedisNodes::Url(url) => {
+                // One server: one attempt, as it always was.
+                let mut con = connect(nodes::url_info(url, auth)?).await?;
+                return Ok(apply(&mut con, prefix, id, &command).await?);
+            }
+            RedisNodes::Sentinel { master, nodes } => {
+                let group =
+                    SentinelGroup { master: master.clone(), sentinels: nodes.clone(), auth: auth.clone() };
+                match group.resolve().await {
+                    Ok(address) => match connect(nodes::node_info(&address, auth)?).await {
+                        Ok(mut con) => apply(&mut con, prefix, id, &command).await,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(Failure::Unreachable(e.to_string())),
+                }
+            }
+            RedisNodes::Cluster { nodes } => {
+                let infos = nodes.iter().map(|n| nodes::node_info(n, auth)).collect::<Result<Vec<_>, _>>()?;
+                let client = redis::cluster::ClusterClient::new(infos)?;
+                match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection()).await {
+                    Ok(Ok(mut con)) => apply(&mut con, prefix, id, &command).await,
+                    Ok(Err(e)) => Err(Failure::Unreachable(e.to_string())),
+                    Err(_) => Err(Failure::Unreachable("timed out".into())),
+                }
+            }
+        };
+        match attempt {
+            Ok(message) => return Ok(message),
+            // A master being replaced: ask again where it is, for a while.
+            Err(Failure::Redis(e)) if nodes::may_have_moved(&e) && started.elapsed() < FAILOVER_PATIENCE => {}
+            Err(Failure::Unreachable(_)) if started.elapsed() < FAILOVER_PATIENCE => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn connect(info: redis::ConnectionInfo) -> Result<MultiplexedConnection, Failure> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, nodes::connect(info, CONNECT_TIMEOUT)).await {
+        Ok(Ok(con)) => Ok(con),
+        Ok(Err(e)) => Err(Failure::Unreachable(e.to_string())),
+        Err(_) => Err(Failure::Unreachable("timed out".into())),
+    }
+}
+
+/// Runs `command` over `con`: the master's connection, or the cluster's.
+async fn apply<C: ConnectionLike + Send>(
+    con: &mut C,
+    prefix: &str,
+    id: KeyId,
+    command: &KeyCommand,
+) -> Result<String, Failure> {
     let name = RedisStore::record_key(prefix, &id);
     let channel = format!("{prefix}invalidate");
-    let announce = |con: &mut redis::Connection| -> anyhow::Result<()> {
-        redis::cmd("PUBLISH").arg(&channel).arg(id.to_hex()).query::<()>(con)?;
-        Ok(())
-    };
+    let announce = redis::cmd("PUBLISH").arg(&channel).arg(id.to_hex()).clone();
     match command {
         KeyCommand::Add(record) => {
             let mut hset = redis::cmd("HSET");
@@ -58,22 +140,23 @@ fn in_redis(url: &str, prefix: &str, id: KeyId, command: KeyCommand) -> anyhow::
                 .ignore()
                 .add_command(hset)
                 .ignore()
-                .query::<()>(&mut con)?;
-            announce(&mut con)?;
+                .query_async::<()>(con)
+                .await?;
+            announce.query_async::<()>(con).await?;
             Ok(format!("added key id {id} for app {}; announced on {channel}", record.app))
         }
         KeyCommand::Revoke => {
-            if !redis::cmd("EXISTS").arg(&name).query::<bool>(&mut con)? {
-                bail!("no record for key id {id}");
+            if !redis::cmd("EXISTS").arg(&name).query_async::<bool>(con).await? {
+                return Err(Failure::Refused(format!("no record for key id {id}")));
             }
-            redis::cmd("HSET").arg(&name).arg("status").arg("revoked").query::<()>(&mut con)?;
-            announce(&mut con)?;
+            redis::cmd("HSET").arg(&name).arg("status").arg("revoked").query_async::<()>(con).await?;
+            announce.query_async::<()>(con).await?;
             Ok(format!("revoked key id {id}; announced on {channel}"))
         }
         KeyCommand::Show => {
-            let fields: HashMap<String, String> = redis::cmd("HGETALL").arg(&name).query(&mut con)?;
+            let fields: HashMap<String, String> = redis::cmd("HGETALL").arg(&name).query_async(con).await?;
             if fields.is_empty() {
-                bail!("no record for key id {id}");
+                return Err(Failure::Refused(format!("no record for key id {id}")));
             }
             Ok(describe(id, &KeyRecord::from_fields(&fields).unwrap_or_else(|_| KeyRecord::invalid())))
         }

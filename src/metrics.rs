@@ -93,6 +93,9 @@ pub struct Metrics {
     /// Counted by the access log itself.
     pub access_log_skipped: IntCounter,
     pub(crate) filter_rebuilds: IntCounterVec,
+    /// Failovers of the Redis store followed (Sentinel's master moved, a cluster replica
+    /// promoted): counted by the store that followed them.
+    pub(crate) store_failovers: IntCounter,
 }
 
 /// Upper bounds of `keygate_request_seconds`, from half a millisecond to ten seconds.
@@ -146,6 +149,10 @@ impl Metrics {
                 "keygate_filter_rebuilds_total",
                 "Membership filter rebuilds by result.",
                 "result",
+            ),
+            store_failovers: reg.counter(
+                "keygate_store_failovers_total",
+                "Failovers of the Redis key store followed: a new master found and used.",
             ),
             registry: reg.0,
         };

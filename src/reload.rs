@@ -43,7 +43,7 @@ pub async fn reload(gateway: &Gateway) -> bool {
         }
     };
     let old = gateway.settings.load_full();
-    let (new, store) = match old.next(config) {
+    let (new, store) = match old.next(config, &gateway.metrics) {
         Ok(next) => next,
         Err(e) => {
             log::error!("reload refused: {}: store: {e:#}", path.display());
@@ -58,7 +58,7 @@ pub async fn reload(gateway: &Gateway) -> bool {
 
     if store == StoreChange::Replaced {
         gateway.lookup.store_replaced();
-        gateway.background.follow_announcements(&new.config.store.backend, &gateway.lookup);
+        gateway.background.follow_announcements(&new.lookup.store, &gateway.lookup);
     }
     if new.config.rate_limit.per_key != old.config.rate_limit.per_key {
         gateway.lookup.default_rate_changed();

@@ -7,11 +7,14 @@
 //! before anything is swapped: a refused file leaves the running snapshot whole.
 
 use crate::client_ip::ClientAddress;
-use crate::config::{Config, StoreBackend};
+use crate::config::{Config, RedisNodes, StoreBackend};
 use crate::limit::IpLimiter;
 use crate::lookup::LookupSettings;
 use crate::metrics::Metrics;
+use crate::store::cluster::ClusterStore;
+use crate::store::nodes::url_info;
 use crate::store::redis::{RedisSettings, RedisStore, ScanPacing};
+use crate::store::sentinel::SentinelGroup;
 use crate::store::{file::FileStore, KeyStore};
 use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntGauge};
@@ -43,14 +46,16 @@ pub enum StoreChange {
 
 impl Settings {
     /// The first snapshot; must run inside the runtime that drives the store's connections.
-    pub fn first(config: Config) -> anyhow::Result<Settings> {
-        let store = open_store(&config)?;
+    pub fn first(config: Config, metrics: &Metrics) -> anyhow::Result<Settings> {
+        let store = open_store(&config, metrics)?;
         let ip_limiter = Arc::new(ip_limiter(&config));
         Ok(Settings::assemble(config, store, ip_limiter))
     }
 
     /// The snapshot that follows this one for `config`, and how its store relates to this one's.
-    pub fn next(&self, config: Config) -> anyhow::Result<(Settings, StoreChange)> {
+    /// Another topology (URL, Sentinel group, cluster), other credentials or prefix: another
+    /// store.
+    pub fn next(&self, config: Config, metrics: &Metrics) -> anyhow::Result<(Settings, StoreChange)> {
         let old = &self.config;
         // The file store is read again on every reload: its keys are what changed, usually.
         let change = match (&config.store.backend, &old.store.backend) {
@@ -62,7 +67,7 @@ impl Settings {
         };
         let store = match change {
             StoreChange::Same => Arc::clone(&self.lookup.store),
-            StoreChange::Reconnected | StoreChange::Replaced => open_store(&config)?,
+            StoreChange::Reconnected | StoreChange::Replaced => open_store(&config, metrics)?,
         };
         let limits = &config.rate_limit;
         let same_limiter = self.ip_limiter.rate() == limits.unauthenticated_per_ip
@@ -133,14 +138,31 @@ fn ip_limiter(config: &Config) -> IpLimiter {
 }
 
 /// Opens the store `config` names; must run inside the runtime that drives its connections.
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn KeyStore>> {
+/// A Redis store that follows failovers counts them in `metrics`.
+fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn KeyStore>> {
     Ok(match &config.store.backend {
-        StoreBackend::Redis { url, prefix } => Arc::new(RedisStore::open(RedisSettings {
-            url,
-            prefix,
-            timeout: config.store.timeout,
-            scan: ScanPacing { batch: config.filter.scan_batch, pause: config.filter.scan_pause },
-        })?),
+        StoreBackend::Redis { nodes, auth, prefix } => {
+            let settings = RedisSettings {
+                prefix,
+                timeout: config.store.timeout,
+                scan: ScanPacing { batch: config.filter.scan_batch, pause: config.filter.scan_pause },
+            };
+            let failovers = metrics.store_failovers.clone();
+            match nodes {
+                RedisNodes::Url(url) => Arc::new(RedisStore::open(url_info(url, auth)?, settings)?),
+                RedisNodes::Sentinel { master, nodes } => {
+                    let group = SentinelGroup {
+                        master: master.clone(),
+                        sentinels: nodes.clone(),
+                        auth: auth.clone(),
+                    };
+                    Arc::new(RedisStore::follow(group, settings, failovers))
+                }
+                RedisNodes::Cluster { nodes } => {
+                    Arc::new(ClusterStore::open(nodes.clone(), auth.clone(), settings, failovers)?)
+                }
+            }
+        }
         StoreBackend::File(path) => {
             let store = FileStore::open(path)?;
             log::info!("file store: {} keys from {}", store.len(), path.display());
@@ -158,5 +180,40 @@ impl Settings {
         let config = Config::parse(yaml, std::path::Path::new(".")).expect("a valid config");
         let ip_limiter = Arc::new(ip_limiter(&config));
         Settings::assemble(config, store, ip_limiter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(store: &str) -> Config {
+        let yaml = format!(
+            "listen: [127.0.0.1:1]\nupstream: {{peers: [127.0.0.1:2]}}\nstore:\n  redis: {{{store}}}\n"
+        );
+        Config::parse(&yaml, std::path::Path::new(".")).expect("a valid config")
+    }
+
+    /// Nothing listens on port 1: the stores open lazily, and nothing here waits on them.
+    #[tokio::test]
+    async fn another_topology_or_other_credentials_is_another_store() {
+        let metrics = Metrics::new();
+        let url = "url: 'redis://127.0.0.1:1/0'";
+        let sentinel = "sentinel: {master: keygate, nodes: ['127.0.0.1:1']}";
+        let cluster = "cluster: {nodes: ['127.0.0.1:1']}";
+        let mut settings = Settings::first(config(url), &metrics).unwrap();
+        for (store, expected) in [
+            (url, StoreChange::Same),
+            (sentinel, StoreChange::Replaced),
+            (sentinel, StoreChange::Same),
+            (&format!("{sentinel}, password: other"), StoreChange::Replaced),
+            (cluster, StoreChange::Replaced),
+            (&format!("{cluster}, timeout_ms: 80"), StoreChange::Reconnected),
+            (url, StoreChange::Replaced),
+        ] {
+            let (next, change) = settings.next(config(store), &metrics).unwrap();
+            assert_eq!(change, expected, "to {store}");
+            settings = next;
+        }
     }
 }

@@ -76,11 +76,21 @@ pub struct StoreFile {
     pub file: Option<String>,
 }
 
+/// `store.redis`: where the Redis key store is (exactly one of `url`, `sentinel` or `cluster`,
+/// which validation checks) and how it is used.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisFile {
-    #[serde(deserialize_with = "required")]
+    /// One server.
     pub url: Option<String>,
+    /// A master and its replicas, watched by sentinels.
+    pub sentinel: Option<SentinelFile>,
+    /// A Redis Cluster.
+    pub cluster: Option<ClusterFile>,
+    /// ACL user for every Redis node (not the sentinels); needs `password`.
+    pub username: Option<String>,
+    /// For every Redis node (not the sentinels).
+    pub password: Option<String>,
     pub prefix: String,
     /// Also the file store's timeout, which no one configures.
     pub timeout_ms: u64,
@@ -90,8 +100,38 @@ pub struct RedisFile {
 
 impl Default for RedisFile {
     fn default() -> Self {
-        RedisFile { url: None, prefix: "keygate:".into(), timeout_ms: 50, max_inflight: 64 }
+        RedisFile {
+            url: None,
+            sentinel: None,
+            cluster: None,
+            username: None,
+            password: None,
+            prefix: "keygate:".into(),
+            timeout_ms: 50,
+            max_inflight: 64,
+        }
     }
+}
+
+/// `store.redis.sentinel`: both fields are required.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SentinelFile {
+    /// The name the sentinels monitor the master by.
+    #[serde(deserialize_with = "required")]
+    pub master: Option<String>,
+    /// The sentinels, `HOST:PORT` each.
+    #[serde(deserialize_with = "required")]
+    pub nodes: Option<Vec<String>>,
+}
+
+/// `store.redis.cluster`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Seed nodes, `HOST:PORT` each; the rest of the cluster is discovered from them.
+    #[serde(deserialize_with = "required")]
+    pub nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

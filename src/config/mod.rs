@@ -90,11 +90,87 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Redis {
-        url: String,
+        /// Where the servers are: one, a Sentinel group or a cluster.
+        nodes: RedisNodes,
+        /// The credentials every Redis node is asked with (never the sentinels).
+        auth: RedisAuth,
         prefix: String,
     },
     /// A YAML key file, its path resolved against the config file's folder.
     File(PathBuf),
+}
+
+/// The three shapes a Redis key store comes in (`store.redis.url`, `.sentinel`, `.cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisNodes {
+    /// One server: a `redis://` URL.
+    Url(String),
+    /// A master and its replicas: whichever is master now is asked of the sentinels.
+    Sentinel {
+        /// The name the sentinels monitor it by.
+        master: String,
+        /// The sentinels themselves, asked in order.
+        nodes: Vec<NodeAddress>,
+    },
+    /// A Redis Cluster: `nodes` are where its map of slots is first asked for.
+    Cluster { nodes: Vec<NodeAddress> },
+}
+
+/// A node as written in the config: `HOST:PORT`, the host a name or an address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl NodeAddress {
+    /// `HOST:PORT` (an IPv6 host in brackets), or why not.
+    pub fn parse(text: &str) -> Result<NodeAddress, &'static str> {
+        let (host, port) = text.rsplit_once(':').ok_or("not HOST:PORT")?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port = port.parse::<u16>().ok().filter(|&p| p > 0).ok_or("not a port from 1 to 65535")?;
+        if host.is_empty() || host.contains(['/', '@', ' ']) {
+            return Err("not HOST:PORT");
+        }
+        Ok(NodeAddress { host: host.to_string(), port })
+    }
+}
+
+impl std::fmt::Display for NodeAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// `store.redis.username` and `.password`, for every Redis node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisAuth {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// A password: its `Debug` never prints it, so no log line or panic message can.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Secret {
+        Secret(text)
+    }
+
+    /// The text itself, for the one place that sends it (a connection's handshake).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -395,16 +471,22 @@ impl StoreFile {
     fn validate(self, p: &mut Problems, base: &Path) -> Option<StoreConfig> {
         match (self.redis, self.file) {
             (Some(r), None) => {
-                let url = p.given("store", "url", r.url);
-                if let Some(Err(e)) = url.as_deref().map(redis::Client::open) {
-                    p.add("store.redis.url", format!("not a Redis URL: {e}"));
+                let (timeout_ms, max_inflight, prefix) = (r.timeout_ms, r.max_inflight, r.prefix.clone());
+                let nodes = r.nodes(p);
+                p.ensure(timeout_ms > 0, "store.redis.timeout_ms", "must be above 0");
+                p.ensure(max_inflight > 0, "store.redis.max_inflight", "must be at least 1");
+                if matches!(nodes, Some((RedisNodes::Cluster { .. }, _))) {
+                    p.ensure(
+                        !has_hash_tag(&prefix),
+                        "store.redis.prefix",
+                        "a hash tag ({...}) would put every key in one slot of the cluster",
+                    );
                 }
-                p.ensure(r.timeout_ms > 0, "store.redis.timeout_ms", "must be above 0");
-                p.ensure(r.max_inflight > 0, "store.redis.max_inflight", "must be at least 1");
+                let (nodes, auth) = nodes?;
                 Some(StoreConfig {
-                    backend: StoreBackend::Redis { url: url?, prefix: r.prefix },
-                    timeout: Duration::from_millis(r.timeout_ms),
-                    max_inflight: r.max_inflight,
+                    backend: StoreBackend::Redis { nodes, auth, prefix },
+                    timeout: Duration::from_millis(timeout_ms),
+                    max_inflight,
                 })
             }
             (None, Some(path)) => {
@@ -421,6 +503,88 @@ impl StoreFile {
             }
         }
     }
+}
+
+impl RedisFile {
+    /// Where the servers are (exactly one of `url`, `sentinel`, `cluster`) and their credentials.
+    fn nodes(self, p: &mut Problems) -> Option<(RedisNodes, RedisAuth)> {
+        let written: Vec<&str> = [
+            ("url", self.url.is_some()),
+            ("sentinel", self.sentinel.is_some()),
+            ("cluster", self.cluster.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
+        for extra in written.iter().skip(1) {
+            p.add(
+                &format!("store.redis.{extra}"),
+                format!("exactly one of url, sentinel or cluster may be given, and {} is too", written[0]),
+            );
+        }
+        if self.username.is_some() && self.password.is_none() {
+            p.add("store.redis.username", "needs a password too");
+        }
+        let auth = RedisAuth { username: self.username, password: self.password.map(Secret::new) };
+        let nodes = match (self.url, self.sentinel, self.cluster) {
+            (Some(url), _, _) => {
+                match redis::Client::open(url.as_str()) {
+                    Err(e) => p.add("store.redis.url", format!("not a Redis URL: {e}")),
+                    Ok(client) if auth.password.is_some() => {
+                        let settings = client.get_connection_info().redis_settings();
+                        let has_own = settings.password().is_some() || settings.username().is_some();
+                        p.ensure(
+                            !has_own,
+                            "store.redis.password",
+                            "the url has credentials of its own: give them in one place",
+                        );
+                    }
+                    Ok(_) => {}
+                }
+                RedisNodes::Url(url)
+            }
+            (None, Some(sentinel), _) => {
+                let master = p.given("store.redis.sentinel", "master", sentinel.master);
+                p.ensure(
+                    master.as_ref().is_none_or(|m| !m.is_empty()),
+                    "store.redis.sentinel.master",
+                    "must name the master",
+                );
+                let nodes = p.given("store.redis.sentinel", "nodes", sentinel.nodes);
+                let nodes = node_list(p, "store.redis.sentinel.nodes", nodes.as_deref());
+                RedisNodes::Sentinel { master: master?, nodes: nodes? }
+            }
+            (None, None, Some(cluster)) => {
+                let nodes = p.given("store.redis.cluster", "nodes", cluster.nodes);
+                RedisNodes::Cluster { nodes: node_list(p, "store.redis.cluster.nodes", nodes.as_deref())? }
+            }
+            (None, None, None) => {
+                // As when `url` was the only way: users of one server read the same message.
+                p.given::<String>("store", "url", None);
+                return None;
+            }
+        };
+        Some((nodes, auth))
+    }
+}
+
+/// Whether Redis Cluster hashes only part of `name` (its first `{...}` with something inside).
+fn has_hash_tag(name: &str) -> bool {
+    name.split_once('{').and_then(|(_, rest)| rest.find('}')).is_some_and(|end| end > 0)
+}
+
+/// A list of `HOST:PORT`, at least one; `None` when absent.
+fn node_list(p: &mut Problems, field: &str, written: Option<&[String]>) -> Option<Vec<NodeAddress>> {
+    let written = written?;
+    p.ensure(!written.is_empty(), field, "at least one node is required");
+    let mut nodes = Vec::new();
+    for (i, node) in written.iter().enumerate() {
+        match NodeAddress::parse(node) {
+            Ok(address) => nodes.push(address),
+            Err(why) => p.add(&format!("{field}[{i}]"), format!("`{node}` is {why}")),
+        }
+    }
+    Some(nodes)
 }
 
 impl CacheFile {

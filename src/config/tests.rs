@@ -148,3 +148,68 @@ fn a_required_field_written_empty_is_not_missing() {
 fn the_filters_defaults_are_the_configs() {
     assert_eq!(parse(MINIMAL).unwrap().filter, FilterConfig::default());
 }
+
+/// `MINIMAL` with `store.redis` written as `redis` (a flow mapping's inside).
+fn with_redis(redis: &str) -> String {
+    format!("listen: [127.0.0.1:6188]\nupstream:\n  peers: [127.0.0.1:8080]\nstore:\n  redis: {{{redis}}}\n")
+}
+
+#[test]
+fn redis_is_one_url_a_sentinel_group_or_a_cluster() {
+    let url = parse(&with_redis("url: 'redis://127.0.0.1:6379/0'")).unwrap();
+    let StoreBackend::Redis { nodes, auth, prefix } = url.store.backend else { panic!("not redis") };
+    assert_eq!(nodes, RedisNodes::Url("redis://127.0.0.1:6379/0".into()));
+    assert_eq!((auth, prefix.as_str()), (RedisAuth::default(), "keygate:"));
+
+    let text = "sentinel: {master: keygate, nodes: ['127.0.0.1:26379', 'sentinel-2:26380']}, username: gw, password: s3cret";
+    let sentinel = parse(&with_redis(text)).unwrap();
+    let StoreBackend::Redis { nodes, auth, .. } = &sentinel.store.backend else { panic!("not redis") };
+    let node = |host: &str, port| NodeAddress { host: host.into(), port };
+    assert_eq!(
+        *nodes,
+        RedisNodes::Sentinel {
+            master: "keygate".into(),
+            nodes: vec![node("127.0.0.1", 26379), node("sentinel-2", 26380)]
+        }
+    );
+    assert_eq!(auth.username.as_deref(), Some("gw"));
+    assert_eq!(auth.password.as_ref().map(Secret::expose), Some("s3cret"));
+    assert!(!format!("{sentinel:?}").contains("s3cret"), "a password in Debug output");
+
+    let cluster = parse(&with_redis("cluster: {nodes: ['127.0.0.1:7000', '[::1]:7001']}")).unwrap();
+    let StoreBackend::Redis { nodes, .. } = cluster.store.backend else { panic!("not redis") };
+    assert_eq!(nodes, RedisNodes::Cluster { nodes: vec![node("127.0.0.1", 7000), node("::1", 7001)] });
+}
+
+#[test]
+fn a_mix_of_topologies_is_named_by_its_field() {
+    let text = "url: 'redis://x', cluster: {nodes: ['a:1']}, sentinel: {master: m, nodes: ['b:2']}";
+    let problems = parse(&with_redis(text)).unwrap_err();
+    assert_eq!(fields(&problems), ["store.redis.sentinel", "store.redis.cluster"]);
+    assert!(problems[0].message.contains("url"), "{problems:?}");
+}
+
+#[test]
+fn sentinel_and_cluster_fields_are_checked_each_by_its_path() {
+    let problems = parse(&with_redis("sentinel: {master: keygate}")).unwrap_err();
+    assert_eq!(fields(&problems), ["store.redis.sentinel"]);
+    assert!(problems[0].message.contains("`nodes`"), "{problems:?}");
+
+    let problems = parse(&with_redis("cluster: {nodes: ['127.0.0.1', 'a:0', 'ok:7000']}")).unwrap_err();
+    assert_eq!(fields(&problems), ["store.redis.cluster.nodes[0]", "store.redis.cluster.nodes[1]"]);
+
+    let problems = parse(&with_redis("cluster: {nodes: []}, username: gw")).unwrap_err();
+    assert_eq!(fields(&problems), ["store.redis.username", "store.redis.cluster.nodes"]);
+
+    let problems = parse(&with_redis("url: 'redis://u:p@127.0.0.1/0', password: q")).unwrap_err();
+    assert_eq!(fields(&problems), ["store.redis.password"]);
+}
+
+#[test]
+fn a_clusters_prefix_may_not_put_every_key_in_one_slot() {
+    let problems = parse(&with_redis("cluster: {nodes: ['a:1']}, prefix: '{kg}:'")).unwrap_err();
+    assert_eq!(fields(&problems), ["store.redis.prefix"]);
+    // Not a hash tag: nothing inside the braces; and one server has no slots at all.
+    assert!(parse(&with_redis("cluster: {nodes: ['a:1']}, prefix: 'kg{}:'")).is_ok());
+    assert!(parse(&with_redis("url: 'redis://x', prefix: '{kg}:'")).is_ok());
+}

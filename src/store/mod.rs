@@ -1,16 +1,21 @@
 //! What the store says about a key id: asked last by the lookup, when neither the cache nor the
 //! membership filter can answer.
 //!
-//! The store is a trait so the gateway runs on Redis in production, on a YAML file for a single
-//! node or a demo, and on an in-memory map in unit tests and benchmarks. "Not found" and
+//! The store is a trait so the gateway runs on Redis in production (one server or the master of
+//! a Sentinel group: [`redis`] and [`sentinel`]; a cluster: [`cluster`]; how each connects:
+//! [`nodes`]), on a YAML file for a single node or a demo, and on an in-memory map in unit
+//! tests and benchmarks. "Not found" and
 //! "unavailable" are different answers on purpose: the first is cached as unknown, the second
 //! never is.
 
+pub mod cluster;
 pub mod file;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod nodes;
 pub mod record;
 pub mod redis;
+pub mod sentinel;
 
 use crate::key::KeyId;
 use async_trait::async_trait;
@@ -53,7 +58,14 @@ pub trait KeyStore: Send + Sync + 'static {
     /// About how many key ids the store holds (at least as many), to size the filter.
     async fn count_hint(&self) -> Result<usize, StoreError>;
 
-    /// Calls `each` with every key id in the store; returns how many there were. A store that
-    /// must spare its server (Redis) paces the scan as it was opened to.
+    /// Calls `each` with every key id in the store (some possibly twice, when a cluster's
+    /// scan had to start over); returns how many there were. A store that must spare its
+    /// server (Redis) paces the scan as it was opened to.
     async fn scan_ids(&self, each: &mut (dyn FnMut(KeyId) + Send)) -> Result<usize, StoreError>;
+
+    /// Where the store announces changed records (Redis's pub/sub); `None` for a store whose
+    /// records change only on reload (the file) or in a test (memory).
+    fn announcements(&self) -> Option<nodes::Announcements> {
+        None
+    }
 }

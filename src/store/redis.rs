@@ -1,33 +1,48 @@
-//! The Redis store: one hash per key id at `{prefix}key:{id}` (the README's Redis data model).
+//! The Redis store on one master: one hash per key id at `{prefix}key:{id}` (the README's
+//! Redis data model), on a single server (`url`) or on whichever server a Sentinel group names
+//! master ([`super::sentinel`]). A cluster is [`super::cluster`]'s.
 //!
 //! Lookups go over one multiplexed connection that reconnects by itself (redis-rs's
 //! `ConnectionManager`, created lazily so the gateway starts even while Redis is down). The
 //! caller bounds each lookup with `timeout_ms`; the connection's own timeouts only make sure a
-//! dead socket is noticed and replaced.
+//! dead socket is noticed and replaced. Under Sentinel the connection is the current master's,
+//! replaced when the master moves, and a failed lookup makes the sentinels be asked again.
 
+use super::nodes::{self, AnnouncementHub, Announcements};
+use super::sentinel::{SentinelGroup, SentinelMaster};
 use super::{KeyRecord, KeyStore, StoreError};
 use crate::key::KeyId;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use prometheus::IntCounter;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct RedisStore {
-    /// For lookups: shared, multiplexed, reconnecting.
-    connection: ConnectionManager,
-    /// For scans, which get a connection of their own so that a page of SCAN results never
-    /// sits in front of a lookup.
-    client: redis::Client,
+    master: MasterSource,
     prefix: String,
     timeout: Duration,
-    /// How `scan_ids` paces itself: of the stores, only this one has a server a scan could slow.
+    /// How `scan_ids` paces itself: of the stores, only Redis has a server a scan could slow.
     scan: ScanPacing,
+}
+
+/// Where the one master is.
+enum MasterSource {
+    /// `url`: always the same server.
+    Fixed {
+        /// For lookups: shared, multiplexed, reconnecting.
+        connection: ConnectionManager,
+        /// For scans, which get a connection of their own so that a page of SCAN results
+        /// never sits in front of a lookup; and for the invalidation subscription.
+        client: redis::Client,
+    },
+    /// Whichever server the sentinels name, followed through failovers.
+    Sentinel(Arc<SentinelMaster>),
 }
 
 /// What the Redis store is opened with.
 pub struct RedisSettings<'a> {
-    /// `store.redis.url`.
-    pub url: &'a str,
     /// `store.redis.prefix`: every name the store reads starts with it.
     pub prefix: &'a str,
     /// A lookup's bound (`store.redis.timeout_ms`), which the connection's own timeouts follow.
@@ -46,38 +61,59 @@ pub struct ScanPacing {
 }
 
 impl RedisStore {
-    /// Opens the store lazily; must be called inside the tokio runtime that will drive the
-    /// connection.
-    pub fn open(settings: RedisSettings<'_>) -> Result<Self, StoreError> {
-        let RedisSettings { url, prefix, timeout, scan } = settings;
-        let client = redis::Client::open(url).map_err(StoreError::unreachable)?;
-        let scan_client = client.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
-            // Always past the lookup's own `timeout_ms` (a reload that changes it reconnects),
-            // so a slow answer is counted as the lookup's timeout, never as a connection error.
-            .set_response_timeout(Some(timeout + Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
+    /// Opens the store on the server at `info`, lazily; must be called inside the tokio
+    /// runtime that will drive the connection.
+    pub fn open(info: redis::ConnectionInfo, settings: RedisSettings<'_>) -> Result<Self, StoreError> {
+        let client = redis::Client::open(info).map_err(StoreError::unreachable)?;
         let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::unreachable)?;
-        Ok(RedisStore { connection, client: scan_client, prefix: prefix.to_string(), timeout, scan })
+            ConnectionManager::new_lazy_with_config(client.clone(), nodes::manager_config(settings.timeout))
+                .map_err(StoreError::unreachable)?;
+        Ok(RedisStore::new(MasterSource::Fixed { connection, client }, settings))
+    }
+
+    /// Opens the store on the master the sentinels of `group` name, following it through
+    /// failovers (each counted in `failovers`); must be called inside the tokio runtime that
+    /// will drive the connections.
+    pub fn follow(group: SentinelGroup, settings: RedisSettings<'_>, failovers: IntCounter) -> Self {
+        let master = SentinelMaster::follow(group, settings.timeout, failovers);
+        RedisStore::new(MasterSource::Sentinel(master), settings)
+    }
+
+    fn new(master: MasterSource, settings: RedisSettings<'_>) -> Self {
+        let RedisSettings { prefix, timeout, scan } = settings;
+        RedisStore { master, prefix: prefix.to_string(), timeout, scan }
     }
 
     pub fn record_key(prefix: &str, id: &KeyId) -> String {
         format!("{prefix}key:{id}")
+    }
+
+    /// The lookups' connection to the master (under Sentinel, waiting for the first answer).
+    async fn connection(&self) -> ConnectionManager {
+        match &self.master {
+            MasterSource::Fixed { connection, .. } => connection.clone(),
+            MasterSource::Sentinel(master) => master.master().await.connection.clone(),
+        }
+    }
+
+    /// Runs `command` on the master; an error that says the master may have moved has the
+    /// sentinels asked again.
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection().await;
+        command.query_async(&mut connection).await.map_err(|e| {
+            if let MasterSource::Sentinel(master) = &self.master {
+                master.suspect(&e);
+            }
+            StoreError::unreachable(e)
+        })
     }
 }
 
 #[async_trait]
 impl KeyStore for RedisStore {
     async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let mut connection = self.connection.clone();
-        let fields: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(Self::record_key(&self.prefix, id))
-            .query_async(&mut connection)
-            .await
-            .map_err(StoreError::unreachable)?;
+        let fields: HashMap<String, String> =
+            self.query(redis::cmd("HGETALL").arg(Self::record_key(&self.prefix, id))).await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -88,63 +124,90 @@ impl KeyStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("PING").query_async::<()>(&mut connection).await.map_err(StoreError::unreachable)
+        self.query::<()>(&redis::cmd("PING")).await
     }
 
     async fn count_hint(&self) -> Result<usize, StoreError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("DBSIZE").query_async(&mut connection).await.map_err(StoreError::unreachable)
+        self.query(&redis::cmd("DBSIZE")).await
     }
 
     async fn scan_ids(&self, each: &mut (dyn FnMut(KeyId) + Send)) -> Result<usize, StoreError> {
         let mut connection = self.scan_connection().await?;
-        // The prefix is literal: escape what SCAN's MATCH would read as a glob.
-        let literal: String = self
-            .prefix
-            .chars()
-            .flat_map(|c| match c {
-                '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        let pattern = format!("{literal}key:*");
-        let names_start = format!("{}key:", self.prefix);
-        let (mut cursor, mut count) = (0u64, 0usize);
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(self.scan.batch);
-            let page = scan.query_async::<(u64, Vec<String>)>(&mut connection);
-            let (next, names) = tokio::time::timeout(self.scan_timeout(), page)
-                .await
-                .map_err(|_| StoreError::Timeout)?
-                .map_err(StoreError::unreachable)?;
-            for name in &names {
-                if let Some(id) = name.strip_prefix(&names_start).and_then(KeyId::from_hex) {
-                    each(id);
-                    count += 1;
-                }
-            }
-            if next == 0 {
-                return Ok(count);
-            }
-            cursor = next;
-            tokio::time::sleep(self.scan.pause).await;
-        }
+        scan_node(&mut connection, &self.prefix, self.scan, scan_timeout(self.timeout), each).await
+    }
+
+    fn announcements(&self) -> Option<Announcements> {
+        let hub = match &self.master {
+            MasterSource::Fixed { client, .. } => AnnouncementHub::Node(client.clone()),
+            MasterSource::Sentinel(master) => AnnouncementHub::Sentinel(Arc::clone(master)),
+        };
+        Some(Announcements { hub, channel: format!("{}invalidate", self.prefix) })
     }
 }
 
+/// Calls `each` with every key id on one server (SCAN is per server), paced by `pacing`, each
+/// page within `page_timeout`; returns how many there were.
+pub(super) async fn scan_node(
+    connection: &mut MultiplexedConnection,
+    prefix: &str,
+    pacing: ScanPacing,
+    page_timeout: Duration,
+    each: &mut (dyn FnMut(KeyId) + Send),
+) -> Result<usize, StoreError> {
+    // The prefix is literal: escape what SCAN's MATCH would read as a glob.
+    let literal: String = prefix
+        .chars()
+        .flat_map(|c| match c {
+            '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    let pattern = format!("{literal}key:*");
+    let names_start = format!("{prefix}key:");
+    let (mut cursor, mut count) = (0u64, 0usize);
+    loop {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(pacing.batch);
+        let page = scan.query_async::<(u64, Vec<String>)>(connection);
+        let (next, names) = tokio::time::timeout(page_timeout, page)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(StoreError::unreachable)?;
+        for name in &names {
+            if let Some(id) = name.strip_prefix(&names_start).and_then(KeyId::from_hex) {
+                each(id);
+                count += 1;
+            }
+        }
+        if next == 0 {
+            return Ok(count);
+        }
+        cursor = next;
+        tokio::time::sleep(pacing.pause).await;
+    }
+}
+
+/// A page of SCAN is more work than a lookup; it still must not hang a rebuild for ever.
+pub(super) fn scan_timeout(lookup_timeout: Duration) -> Duration {
+    (lookup_timeout * 20).max(Duration::from_secs(1))
+}
+
 impl RedisStore {
-    async fn scan_connection(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        let connect = self.client.get_multiplexed_async_connection();
-        tokio::time::timeout(self.scan_timeout(), connect)
+    async fn scan_connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let client = match &self.master {
+            MasterSource::Fixed { client, .. } => client.clone(),
+            MasterSource::Sentinel(master) => {
+                tokio::time::timeout(scan_timeout(self.timeout), master.master())
+                    .await
+                    .map_err(|_| StoreError::Timeout)?
+                    .client
+                    .clone()
+            }
+        };
+        let connect = client.get_multiplexed_async_connection();
+        tokio::time::timeout(scan_timeout(self.timeout), connect)
             .await
             .map_err(|_| StoreError::Timeout)?
             .map_err(StoreError::unreachable)
-    }
-
-    /// A page of SCAN is more work than a lookup; it still must not hang a rebuild for ever.
-    fn scan_timeout(&self) -> Duration {
-        (self.timeout * 20).max(Duration::from_secs(1))
     }
 }

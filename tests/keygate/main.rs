@@ -4,6 +4,7 @@
 //!
 //! - [`answers`]: every row of the answer table, and what the upstream receives.
 //! - [`config_check`]: `keygate -t` on every shipped config and on a bad one.
+//! - [`failover`]: Sentinel and cluster failovers under load refuse no valid key.
 //! - [`filter`]: the membership filter keeps a flood of unknown keys away from Redis.
 //! - [`hostile`]: hostile input gets a 4xx or a closed connection, never a crash.
 //! - [`keys_cli`]: `keygate keys add|revoke|show` against a running gateway.
@@ -20,6 +21,7 @@
 //! - [`memory_bounds`]: what clients send cannot grow the gateway without bound.
 //! - [`reloads`]: the reloadable settings `operations` does not change, each seen to change.
 //! - [`store_faults`]: the store frozen, killed, restarted.
+//! - [`store_modes`]: one contract test run on one Redis, a Sentinel group and a cluster.
 //! - [`store_shield`]: the store is asked as little as possible.
 //! - [`upstream_faults`]: dead, hung and resetting ingestion nodes.
 //!
@@ -29,6 +31,7 @@ mod support;
 
 mod answers;
 mod config_check;
+mod failover;
 mod filter;
 mod hostile;
 mod keys_cli;
@@ -43,5 +46,6 @@ mod quickstart;
 mod rate_limits;
 mod reloads;
 mod store_faults;
+mod store_modes;
 mod store_shield;
 mod upstream_faults;

@@ -9,9 +9,11 @@
 //!   for every test that runs one: see [`UsedKeys`].
 //! - [`http`]: a small HTTP/1.1 client that can keep a connection open and send what it likes.
 //! - [`nginx`]: a real nginx running one of the shipped snippets.
+//! - [`topology`]: Redis under Sentinel and as a cluster, for the store's highly available modes.
 
 pub mod http;
 pub mod nginx;
+pub mod topology;
 #[path = "../../../examples/demo_upstream/upstream.rs"]
 mod upstream;
 

@@ -1,0 +1,338 @@
+//! The master of a Sentinel group, followed through failovers.
+//!
+//! redis-rs's own Sentinel client resolves the master when a connection is made, and an open
+//! connection then stays on that server whatever becomes of it (redis-rs issue 1438): after a
+//! failover, lookups would go on reading a demoted replica, or fail until restart. So the
+//! connection management is ours: a [`SentinelMaster`] asks the sentinels where the master is
+//! (`SENTINEL GET-MASTER-ADDR-BY-NAME`, each sentinel in turn, the answer checked with `ROLE`),
+//! listens on every sentinel for `+switch-master`, and asks again whenever a lookup's error
+//! says the server may have moved (a broken connection, READONLY) and every few seconds anyway.
+//! When the master moves, the lookups' connection is replaced by one to the new master, the
+//! move is counted (`keygate_store_failovers_total`), and the invalidation listener, which
+//! watches [`SentinelMaster::moves`], subscribes again on the new master.
+
+use super::nodes::{self, may_have_moved};
+use crate::config::{NodeAddress, RedisAuth};
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use prometheus::IntCounter;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How often the sentinels are asked even when nothing seems wrong: a `+switch-master` can be
+/// missed (no sentinel reachable at that moment).
+const CONFIRM_EVERY: Duration = Duration::from_secs(5);
+/// How often they are asked while no master is known.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+/// The shortest gap between two questions prompted by lookups' errors: a burst of failed
+/// lookups asks once.
+const SUSPICION_GAP: Duration = Duration::from_millis(100);
+/// How long a sentinel (or a named master checking its role) may take to answer.
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+/// The pings that notice a dead sentinel subscription, and the wait before subscribing again.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
+
+/// Why the sentinels named no master.
+#[derive(Debug, thiserror::Error)]
+pub enum SentinelError {
+    #[error("no sentinel answered")]
+    NoSentinel(#[source] Option<RedisError>),
+    #[error("no sentinel knows a master named `{0}`")]
+    UnknownMaster(String),
+    #[error("the sentinels name {0}, which does not answer as a master")]
+    NotMaster(NodeAddress),
+}
+
+/// A Sentinel group as configured: the master's name, the sentinels, the data nodes' credentials.
+#[derive(Debug, Clone)]
+pub struct SentinelGroup {
+    pub master: String,
+    pub sentinels: Vec<NodeAddress>,
+    pub auth: RedisAuth,
+}
+
+impl SentinelGroup {
+    /// Asks the sentinels in turn where the master is, and checks that it says it is one.
+    pub async fn resolve(&self) -> Result<NodeAddress, SentinelError> {
+        let mut last = SentinelError::NoSentinel(None);
+        for sentinel in &self.sentinels {
+            match self.ask(sentinel).await {
+                Ok(Some(address)) => match self.is_master(&address).await {
+                    true => return Ok(address),
+                    false => last = SentinelError::NotMaster(address),
+                },
+                Ok(None) => last = SentinelError::UnknownMaster(self.master.clone()),
+                Err(e) if matches!(last, SentinelError::NoSentinel(_)) => {
+                    last = SentinelError::NoSentinel(Some(e))
+                }
+                Err(_) => {}
+            }
+        }
+        Err(last)
+    }
+
+    /// One sentinel's answer: the master's address, or `None` if it knows no such master.
+    async fn ask(&self, sentinel: &NodeAddress) -> Result<Option<NodeAddress>, RedisError> {
+        // The sentinels' own auth is theirs: the data nodes' credentials are not sent to them.
+        let info = nodes::node_info(sentinel, &RedisAuth::default())?;
+        let mut connection = nodes::connect(info, ASK_TIMEOUT).await?;
+        let answer: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.master)
+            .query_async(&mut connection)
+            .await?;
+        Ok(answer.map(|(host, port)| NodeAddress { host, port }))
+    }
+
+    /// Whether `address` answers `ROLE` as a master (a sentinel may be behind the others).
+    async fn is_master(&self, address: &NodeAddress) -> bool {
+        let role = async {
+            let mut connection = nodes::connect(nodes::node_info(address, &self.auth)?, ASK_TIMEOUT).await?;
+            redis::cmd("ROLE").query_async::<Value>(&mut connection).await
+        };
+        match role.await {
+            Ok(Value::Array(fields)) => {
+                matches!(fields.first(), Some(Value::BulkString(role)) if role == b"master")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The master now: where it is, and the connections to it.
+pub struct Master {
+    pub address: NodeAddress,
+    /// For connections of their own (scans, the invalidation subscription).
+    pub client: redis::Client,
+    /// For lookups: multiplexed, reconnecting to this address until the master moves.
+    pub connection: ConnectionManager,
+}
+
+/// The master of a Sentinel group, followed for as long as this value lives.
+pub struct SentinelMaster {
+    shared: Arc<Shared>,
+    /// Stopped when the store is replaced (a reload) and nothing follows the master any more.
+    follower: JoinHandle<()>,
+}
+
+struct Shared {
+    group: SentinelGroup,
+    /// The lookups' bound, which their connection's own timeouts follow.
+    timeout: Duration,
+    current: ArcSwapOption<Master>,
+    /// Bumped each time the master moves (or is first found), for those who must follow it.
+    moves: watch::Sender<u64>,
+    /// Poked when a lookup's error says the master may have moved.
+    suspicion: Notify,
+    failovers: IntCounter,
+}
+
+/// What a sentinel subscription heard.
+enum Heard {
+    /// `+switch-master` for our master: it is now at this address.
+    Switch(NodeAddress),
+    /// A subscription began: a switch may have been missed before it, so ask.
+    Subscribed,
+}
+
+impl SentinelMaster {
+    /// Starts following `group`'s master; must be called inside the runtime that will drive
+    /// the connections. Lookups wait (within their bound) until the first answer.
+    pub fn follow(group: SentinelGroup, timeout: Duration, failovers: IntCounter) -> Arc<SentinelMaster> {
+        let shared = Arc::new(Shared {
+            group,
+            timeout,
+            current: ArcSwapOption::empty(),
+            moves: watch::Sender::new(0),
+            suspicion: Notify::new(),
+            failovers,
+        });
+        let follower = tokio::spawn(follow(Arc::clone(&shared)));
+        Arc::new(SentinelMaster { shared, follower })
+    }
+
+    /// The master as last known; `None` until the sentinels first named one.
+    pub fn current(&self) -> Option<Arc<Master>> {
+        self.shared.current.load_full()
+    }
+
+    /// The master, waiting for the sentinels' first answer if need be (the caller bounds it).
+    pub async fn master(&self) -> Arc<Master> {
+        let mut moves = self.moves();
+        loop {
+            if let Some(master) = self.current() {
+                return master;
+            }
+            if moves.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Changes each time the master moves.
+    pub fn moves(&self) -> watch::Receiver<u64> {
+        self.shared.moves.subscribe()
+    }
+
+    /// A lookup failed with `error`: if it may mean the master moved, ask the sentinels now.
+    pub fn suspect(&self, error: &RedisError) {
+        if may_have_moved(error) {
+            self.shared.suspicion.notify_one();
+        }
+    }
+}
+
+impl Drop for SentinelMaster {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// Keeps `shared.current` on the master, for ever (until aborted).
+async fn follow(shared: Arc<Shared>) {
+    let (heard, mut hearing) = mpsc::channel(16);
+    // Dropped (aborting every subscription) when this task is aborted.
+    let mut subscriptions = JoinSet::new();
+    for sentinel in &shared.group.sentinels {
+        subscriptions.spawn(listen(sentinel.clone(), shared.group.master.clone(), heard.clone()));
+    }
+    let mut logged_failure = false;
+    loop {
+        let wait = if shared.current.load().is_some() { CONFIRM_EVERY } else { RETRY_EVERY };
+        let ask = tokio::select! {
+            message = hearing.recv() => match message {
+                Some(Heard::Switch(address)) => {
+                    shared.move_to(address);
+                    false
+                }
+                Some(Heard::Subscribed) | None => true,
+            },
+            _ = shared.suspicion.notified() => true,
+            _ = tokio::time::sleep(wait) => true,
+        };
+        if !ask {
+            continue;
+        }
+        match shared.group.resolve().await {
+            Ok(address) => {
+                logged_failure = false;
+                shared.move_to(address);
+            }
+            Err(e) if !logged_failure => {
+                logged_failure = true;
+                log::warn!("key store: cannot find master `{}`: {e}", shared.group.master);
+            }
+            Err(_) => {}
+        }
+        // Lookups failing all at once ask once.
+        tokio::time::sleep(SUSPICION_GAP).await;
+    }
+}
+
+impl Shared {
+    /// Points the lookups at `address`, if that is a move.
+    fn move_to(&self, address: NodeAddress) {
+        let previous = self.current.load();
+        if previous.as_ref().is_some_and(|m| m.address == address) {
+            return;
+        }
+        let master = match self.open(&address) {
+            Ok(master) => master,
+            Err(e) => {
+                log::warn!("key store: cannot connect to master {address}: {e}");
+                return;
+            }
+        };
+        self.current.store(Some(Arc::new(master)));
+        match previous.as_ref() {
+            Some(old) => {
+                self.failovers.inc();
+                log::warn!(
+                    "key store: master `{}` moved from {} to {address}; following it",
+                    self.group.master,
+                    old.address
+                );
+            }
+            None => log::info!("key store: master `{}` is at {address}", self.group.master),
+        }
+        self.moves.send_modify(|n| *n += 1);
+    }
+
+    fn open(&self, address: &NodeAddress) -> Result<Master, RedisError> {
+        let client = redis::Client::open(nodes::node_info(address, &self.group.auth)?)?;
+        let connection =
+            ConnectionManager::new_lazy_with_config(client.clone(), nodes::manager_config(self.timeout))?;
+        Ok(Master { address: address.clone(), client, connection })
+    }
+}
+
+/// Follows one sentinel's `+switch-master` announcements for ever, subscribing again after a
+/// failure.
+async fn listen(sentinel: NodeAddress, master: String, heard: mpsc::Sender<Heard>) {
+    loop {
+        if let Ok(pubsub) = subscribe(&sentinel).await {
+            let _ = heard.send(Heard::Subscribed).await;
+            let (mut sink, mut messages) = pubsub.split();
+            let mut ping = tokio::time::interval(PING_EVERY);
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let payload: String = message.get_payload().unwrap_or_default();
+                        if let Some(address) = switched_to(&payload, &master) {
+                            let _ = heard.send(Heard::Switch(address)).await;
+                        }
+                    }
+                    _ = ping.tick() => {
+                        if !matches!(tokio::time::timeout(ASK_TIMEOUT, sink.ping::<()>()).await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+async fn subscribe(sentinel: &NodeAddress) -> Result<redis::aio::PubSub, RedisError> {
+    let subscribe = async {
+        let client = redis::Client::open(nodes::node_info(sentinel, &RedisAuth::default())?)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe("+switch-master").await?;
+        Ok(pubsub)
+    };
+    tokio::time::timeout(ASK_TIMEOUT * 2, subscribe)
+        .await
+        .unwrap_or_else(|_| Err(RedisError::from((redis::ErrorKind::Io, "subscribe timed out"))))
+}
+
+/// `+switch-master`'s payload, `<name> <old-ip> <old-port> <new-ip> <new-port>`: the new
+/// address, if it names `master`.
+fn switched_to(payload: &str, master: &str) -> Option<NodeAddress> {
+    let fields: Vec<&str> = payload.split_whitespace().collect();
+    match fields.as_slice() {
+        [name, _, _, host, port] if *name == master => {
+            Some(NodeAddress { host: host.to_string(), port: port.parse().ok()? })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_switch_names_the_new_address_of_our_master_only() {
+        let moved = switched_to("keygate 127.0.0.1 7001 127.0.0.1 7002", "keygate");
+        assert_eq!(moved, Some(NodeAddress { host: "127.0.0.1".into(), port: 7002 }));
+        assert_eq!(switched_to("other 127.0.0.1 7001 127.0.0.1 7002", "keygate"), None);
+        assert_eq!(switched_to("keygate 127.0.0.1 7001", "keygate"), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! Guarantee 10: through a Sentinel failover (forced, and by killing the master) and a cluster
+//! master's failover (`CLUSTER FAILOVER` on a replica, and a master killed), under steady load
+//! from many keys, no valid request is refused or lost. Cached keys are forwarded throughout;
+//! an uncached key may get 503 with Retry-After while the store switches, nothing worse. Once
+//! the new master serves, the gateway has followed it (`keygate_store_failovers_total`), a new
+//! key works and an invalidation is heard within a second.
+//!
+//! Each phase prints what it measured (answers, the longest run of 503s, when new keys and
+//! invalidations worked again): `cargo nextest run --release failover:: --no-capture`.
+
+use crate::support::http;
+use crate::support::topology::{keys_cli, put_keys, Cluster, KeyWriter, SentinelGroup};
+use crate::support::{eventually, Gateway, Setup, Upstream};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Client threads of the steady load.
+const CLIENTS: usize = 3;
+/// Keys requested before the failover, hence cached through it.
+const WARM_KEYS: usize = 20;
+/// Keys never requested before; each is asked once, so it is never cached when asked. At the
+/// paced rate they last about six seconds, longer than any switch.
+const COLD_KEYS_PER_PHASE: usize = 1500;
+/// Each client's pause between requests: a steady load, not a flood (the machine is shared).
+const PACE: Duration = Duration::from_millis(3);
+
+/// Every answer of a phase, counted.
+#[derive(Default)]
+struct Tally {
+    answered: usize,
+    forwarded: usize,
+    /// When an uncached key got 503 with Retry-After.
+    unavailable: Vec<Instant>,
+    /// What must never happen: a valid key refused, a cached key not forwarded, a request lost.
+    failures: Vec<String>,
+}
+
+/// Requests from `CLIENTS` threads until stopped: two of three for a cached key, one for an
+/// uncached one while any is left.
+struct Load {
+    running: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, warm: &[String], cold: Vec<String>) -> Load {
+        let running = Arc::new(AtomicBool::new(true));
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let cold = Arc::new(Mutex::new(cold));
+        let clients = (0..CLIENTS)
+            .map(|client| {
+                let (running, tally, cold, warm) =
+                    (Arc::clone(&running), Arc::clone(&tally), Arc::clone(&cold), warm.to_vec());
+                std::thread::spawn(move || {
+                    let mut n = client;
+                    while running.load(Ordering::Relaxed) {
+                        n += 1;
+                        let uncached = if n % 3 == 0 { cold.lock().unwrap().pop() } else { None };
+                        let cached = uncached.is_none();
+                        let key = uncached.unwrap_or_else(|| warm[n % warm.len()].clone());
+                        let answer = http::request(addr, "GET", "/ingest", &[("X-ApiKey", &key)], b"");
+                        let mut tally = tally.lock().unwrap();
+                        tally.answered += 1;
+                        let kind = if cached { "a cached key" } else { "an uncached key" };
+                        match answer {
+                            Ok(r) if r.status == 200 => tally.forwarded += 1,
+                            Ok(r) if r.status == 503 && !cached && r.header("retry-after").is_some() => {
+                                tally.unavailable.push(Instant::now())
+                            }
+                            Ok(r) => tally.failures.push(format!("{kind} got {}: {}", r.status, r.text())),
+                            Err(e) => {
+                                tally.answered -= 1;
+                                tally.failures.push(format!("a request for {kind} was lost: {e}"))
+                            }
+                        }
+                        drop(tally);
+                        std::thread::sleep(PACE);
+                    }
+                })
+            })
+            .collect();
+        Load { running, tally, clients }
+    }
+
+    fn finish(self) -> Tally {
+        self.running.store(false, Ordering::Relaxed);
+        self.clients.into_iter().for_each(|c| c.join().unwrap());
+        Arc::try_unwrap(self.tally).ok().unwrap().into_inner().unwrap()
+    }
+}
+
+/// One failover under load, from just before it is set off until the gateway is checked after.
+struct Phase {
+    load: Load,
+    failovers_before: f64,
+    started: Instant,
+}
+
+impl Phase {
+    /// Starts the load; the failover is to be set off right after.
+    fn begin(gateway: &Gateway, warm: &[String], cold: Vec<String>) -> Phase {
+        let failovers_before = gateway.metric("keygate_store_failovers_total");
+        let load = Load::start(gateway.addr, warm, cold);
+        std::thread::sleep(Duration::from_millis(300));
+        Phase { load, failovers_before, started: Instant::now() }
+    }
+
+    /// Once the topology's new master serves: checks that the gateway followed it, that a new
+    /// key works and an invalidation is heard within a second, and every answer of the phase.
+    fn end(self, gateway: &Gateway, label: &str) {
+        let served = self.started.elapsed();
+        let followed = eventually(Duration::from_secs(10), || {
+            gateway.metric("keygate_store_failovers_total") > self.failovers_before
+        });
+        assert!(followed.is_some(), "{label}: the gateway never counted the failover:\n{}", gateway.logs());
+
+        let key = format!("{label}-added-after");
+        let added = keys_cli(&gateway.config, &["keys", "add", &key, "--app", "after"]);
+        assert!(added.status.success(), "{label}: keys add: {}", String::from_utf8_lossy(&added.stderr));
+        let works = eventually(Duration::from_secs(10), || gateway.with_key(&key).status == 200);
+        assert!(works.is_some(), "{label}: a key added after the failover never worked:\n{}", gateway.logs());
+        let new_keys_after = self.started.elapsed();
+
+        // Cached now: only the announcement can make it refused within the second.
+        assert_eq!(gateway.with_key(&key).status, 200);
+        let revoked = keys_cli(&gateway.config, &["keys", "revoke", &key]);
+        assert!(
+            revoked.status.success(),
+            "{label}: keys revoke: {}",
+            String::from_utf8_lossy(&revoked.stderr)
+        );
+        let heard = eventually(Duration::from_secs(1), || gateway.with_key(&key).status == 403);
+        assert!(heard.is_some(), "{label}: an invalidation after the failover was not heard within a second");
+        let invalidations_after = self.started.elapsed();
+        assert_eq!(http::get(gateway.admin, "/readyz").unwrap().status, 200, "{label}: not ready after");
+
+        std::thread::sleep(Duration::from_millis(300));
+        let tally = self.load.finish();
+        assert!(
+            tally.failures.is_empty(),
+            "{label}: {} of {} answers broke the guarantee, e.g. {:?}",
+            tally.failures.len(),
+            tally.answered + tally.failures.len(),
+            &tally.failures[..tally.failures.len().min(5)]
+        );
+        let window = match (tally.unavailable.first(), tally.unavailable.last()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        };
+        eprintln!(
+            "{label}: {} answers, {} forwarded, {} uncached 503s over {window:.2?}, none refused or lost; \
+             new master serving after {served:.2?}, new keys working after {new_keys_after:.2?}, \
+             invalidations heard after {invalidations_after:.2?}",
+            tally.answered,
+            tally.forwarded,
+            tally.unavailable.len(),
+        );
+        assert!(tally.forwarded > 0);
+    }
+}
+
+/// Writes the warm and cold keys, starts a gateway on `writer` and caches the warm keys.
+fn gateway_on(
+    writer: &dyn KeyWriter,
+    upstream: &Upstream,
+    phases: usize,
+) -> (Gateway, Vec<String>, Vec<Vec<String>>) {
+    let warm = put_keys(writer, "warm", WARM_KEYS);
+    let cold: Vec<Vec<String>> =
+        (0..phases).map(|p| put_keys(writer, &format!("cold-{p}"), COLD_KEYS_PER_PHASE)).collect();
+    let gateway = Setup::with_store_yaml(writer.store_yaml(), upstream).start();
+    for key in &warm {
+        assert_eq!(gateway.with_key(key).status, 200);
+    }
+    (gateway, warm, cold)
+}
+
+#[test]
+fn sentinel_failovers_forced_and_by_a_dead_master_refuse_no_valid_key() {
+    let mut group = SentinelGroup::start();
+    let upstream = Upstream::start();
+    let (gateway, warm, mut cold) = gateway_on(&group, &upstream, 2);
+
+    let old = group.master_port();
+    let phase = Phase::begin(&gateway, &warm, cold.remove(0));
+    group.failover();
+    group.wait_for_new_master(old, Duration::from_secs(20));
+    phase.end(&gateway, "sentinel-forced");
+
+    group.wait_until_settled();
+    let old = group.master_port();
+    let phase = Phase::begin(&gateway, &warm, cold.remove(0));
+    group.kill_master();
+    group.wait_for_new_master(old, Duration::from_secs(30));
+    phase.end(&gateway, "sentinel-killed");
+
+    assert_eq!(gateway.metric("keygate_store_failovers_total"), 2.0);
+    gateway.assert_no_key_in_logs(&[&warm[0]]);
+}
+
+#[test]
+fn cluster_failovers_forced_and_by_a_dead_master_refuse_no_valid_key() {
+    let mut cluster = Cluster::start(true);
+    let upstream = Upstream::start();
+    let (gateway, warm, mut cold) = gateway_on(&cluster, &upstream, 2);
+
+    let (_, replica) = cluster.master_with_replica();
+    let phase = Phase::begin(&gateway, &warm, cold.remove(0));
+    cluster.failover_to(replica);
+    cluster.wait_until_master(replica, Duration::from_secs(20));
+    phase.end(&gateway, "cluster-forced");
+
+    cluster.wait_until_settled();
+    let (master, replica) = cluster.master_with_replica();
+    let phase = Phase::begin(&gateway, &warm, cold.remove(0));
+    cluster.kill(master);
+    cluster.wait_until_master(replica, Duration::from_secs(30));
+    phase.end(&gateway, "cluster-killed");
+
+    assert_eq!(gateway.metric("keygate_store_failovers_total"), 2.0);
+    gateway.assert_no_key_in_logs(&[&warm[0]]);
+}
