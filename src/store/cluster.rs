@@ -87,13 +87,7 @@ impl KeyStore for ClusterStore {
     async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let name = super::redis::RedisStore::record_key(&self.prefix, id);
         let fields: HashMap<String, String> = self.query(redis::cmd("HGETALL").arg(name)).await?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(KeyRecord::from_fields(&fields).unwrap_or_else(|e| {
-            log::warn!("record of key id {id} breaks the data model ({e}): the key is disabled");
-            KeyRecord::invalid()
-        })))
+        Ok(super::redis::record_of(id, fields))
     }
 
     /// Any node answering will do: redis-rs would otherwise ask every node, and one being

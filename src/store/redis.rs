@@ -109,18 +109,23 @@ impl RedisStore {
     }
 }
 
+/// The record an `HGETALL` of `id`'s hash returned: none for no hash; a hash that breaks the
+/// data model is a disabled key (logged by id), never an unknown one.
+pub(super) fn record_of(id: &KeyId, fields: HashMap<String, String>) -> Option<KeyRecord> {
+    if fields.is_empty() {
+        return None;
+    }
+    Some(KeyRecord::from_fields(&fields).unwrap_or_else(|e| {
+        log::warn!("record of key id {id} breaks the data model ({e}): the key is disabled");
+        KeyRecord::invalid()
+    }))
+}
+
 #[async_trait]
 impl KeyStore for RedisStore {
     async fn fetch(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let fields: HashMap<String, String> =
-            self.query(redis::cmd("HGETALL").arg(Self::record_key(&self.prefix, id))).await?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(KeyRecord::from_fields(&fields).unwrap_or_else(|e| {
-            log::warn!("record of key id {id} breaks the data model ({e}): the key is disabled");
-            KeyRecord::invalid()
-        })))
+        let fields = self.query(redis::cmd("HGETALL").arg(Self::record_key(&self.prefix, id))).await?;
+        Ok(record_of(id, fields))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
