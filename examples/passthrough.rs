@@ -1,16 +1,21 @@
 //! The framework's floor: a Pingora proxy that forwards everything to one peer and checks
-//! nothing. `make bench` measures keygate against it.
+//! nothing, built as keygate is (mimalloc, the same runtime settings, the peer's address parsed
+//! once). `make bench` measures keygate's forwarded requests against it.
 //!
 //! ```text
-//! cargo run --release --example passthrough -- 127.0.0.1:6200 127.0.0.1:8080
+//! cargo run --release --example passthrough -- 127.0.0.1:6200 127.0.0.1:8080 [THREADS] [WORK_STEALING]
 //! curl -i localhost:6200/
 //! ```
 
+#[path = "reference/mod.rs"]
+mod reference;
+
 use async_trait::async_trait;
 use pingora::prelude::*;
-use pingora::server::configuration::ServerConf;
 
-struct PassThrough(String);
+/// The one peer, built once: a request only clones it (as keygate builds one per request from
+/// an address it already holds).
+struct PassThrough(HttpPeer);
 
 #[async_trait]
 impl ProxyHttp for PassThrough {
@@ -19,19 +24,17 @@ impl ProxyHttp for PassThrough {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.0.as_str(), false, String::new())))
+        Ok(Box::new(self.0.clone()))
     }
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let listen = args.next().unwrap_or_else(|| "127.0.0.1:6200".into());
-    let upstream = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
-    let conf = ServerConf { threads: 1, grace_period_seconds: Some(0), ..ServerConf::default() };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, PassThrough(upstream));
-    proxy.add_tcp(&listen);
+    let mut args = reference::Args::parse();
+    let upstream: std::net::SocketAddr = args.upstream.parse().expect("UPSTREAM: HOST:PORT");
+    let mut server = args.server();
+    let peer = HttpPeer::new(upstream, false, String::new());
+    let mut proxy = http_proxy_service(&server.configuration, PassThrough(peer));
+    proxy.add_tcp(&args.listen);
     server.add_service(proxy);
     server.run_forever();
 }
