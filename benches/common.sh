@@ -1,5 +1,7 @@
-# Shared by benches/e2e.sh and benches/soak.sh: processes on loopback that clean up after
-# themselves, free ports, a fast upstream (nginx answering 200) and a Redis loaded with keys.
+# Shared by the benches' scripts (e2e.sh, slowloris.sh, soak.sh): processes on loopback that
+# clean up after themselves, free ports, a fast upstream (nginx answering 200), a Redis loaded
+# with keys, keygate and its references on the same runtime, and wrk runs that check their
+# answers and read the proxy's CPU time.
 
 work=$(mktemp -d)
 pids=()
@@ -68,13 +70,30 @@ redis_restart() {
     redis_run "$1"
 }
 
-# keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: KEYGATE_THREADS (1) worker threads on
-# KEYGATE_CPUS (core 0), limits off.
+# The runtime keygate and its references are given alike: KEYGATE_THREADS (1) worker threads
+# and KEYGATE_WORK_STEALING (true: Pingora's default, which keygate runs unless its config sets
+# `work_stealing`; set only when this build's config has the field).
+threads=${KEYGATE_THREADS:-1}
+work_stealing=${KEYGATE_WORK_STEALING:-true}
+runtime_yaml() {
+    printf 'listen: ["127.0.0.1:1"]\nupstream: {peers: ["127.0.0.1:2"]}\nstore: {file: %s}\nwork_stealing: true\n' \
+        "$work/no-keys.yaml" > "$work/probe.yaml"
+    echo "keys: []" > "$work/no-keys.yaml"
+    echo "threads: $threads"
+    if ./target/release/keygate -t -c "$work/probe.yaml" 2>/dev/null; then
+        echo "work_stealing: $work_stealing"
+    elif [ "$work_stealing" != true ]; then
+        echo "KEYGATE_WORK_STEALING=$work_stealing: this keygate has no work_stealing setting" >&2
+        exit 1
+    fi
+}
+
+# keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: on KEYGATE_CPUS (core 0), limits off.
 keygate_start() {
     cat > "$work/keygate.yaml" <<CONF
 listen: ["127.0.0.1:$1"]
 admin_listen: "127.0.0.1:$2"
-threads: ${KEYGATE_THREADS:-1}
+$(runtime_yaml)
 grace_period_s: 0
 upstream: {peers: ["127.0.0.1:$4"]}
 store: {redis: {url: "redis://127.0.0.1:$3/0"}}
@@ -86,4 +105,128 @@ CONF
     pids+=($keygate_pid)
     wait_port "$1"
     until curl -s "127.0.0.1:$2/metrics" | grep -q '^keygate_filter_trusted 1'; do sleep 0.2; done
+}
+
+# reference_start NAME PORT UPSTREAM: an example from examples/ (passthrough,
+# passthrough_reject) on core 0, with keygate's runtime; sets reference_pid.
+reference_start() {
+    taskset -c "${KEYGATE_CPUS:-0}" "./target/release/examples/$1" "127.0.0.1:$2" "127.0.0.1:$3" \
+        "$threads" "$work_stealing" 2>"$work/$1.log" &
+    reference_pid=$!
+    pids+=($reference_pid)
+    wait_port "$2"
+}
+
+# Written first into every wrk script: counts the answers by status class in each thread, and
+# writes the totals ("1xx 2xx 3xx 4xx 5xx") to the file $WRK_COUNTS when the run is done, so a
+# run knows exactly what it was answered (wrk itself only says "Non-2xx or 3xx").
+count_answers_lua() {
+    cat <<'LUA'
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+c1, c2, c3, c4, c5 = 0, 0, 0, 0, 0
+function response(status, headers, body)
+  if status < 200 then c1 = c1 + 1
+  elseif status < 300 then c2 = c2 + 1
+  elseif status < 400 then c3 = c3 + 1
+  elseif status < 500 then c4 = c4 + 1
+  else c5 = c5 + 1 end
+end
+function done(summary, latency, requests)
+  local totals = {0, 0, 0, 0, 0}
+  for _, thread in ipairs(threads) do
+    for i = 1, 5 do totals[i] = totals[i] + thread:get("c" .. i) end
+  end
+  local file = assert(io.open(os.getenv("WRK_COUNTS"), "w"))
+  file:write(table.concat(totals, " "), "\n")
+  file:close()
+end
+LUA
+}
+
+# wrk_script NAME: $work/NAME.lua from the answer counter and the request part on stdin.
+wrk_script() {
+    { count_answers_lua; cat; } > "$work/$1.lua"
+}
+
+# The process's user and system CPU time so far, in microseconds (all its threads).
+cpu_us() {
+    local ticks
+    ticks=$(getconf CLK_TCK)
+    # Fields 14 and 15 (utime, stime); the name in parentheses may hold spaces.
+    awk -v t="$ticks" '{ sub(/^.*\) /, ""); printf "%d %d\n", $12 * 1e6 / t, $13 * 1e6 / t }' "/proc/$1/stat"
+}
+
+# Redis record reads so far (a record is one HGETALL).
+redis_reads() {
+    redis-cli -p "$redis_port" info commandstats | sed -n 's/^cmdstat_hgetall:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0
+}
+
+# checked_wrk NAME EXPECT PID URL SCRIPT [WRK-ARGS...]: one wrk run (core 1, one thread,
+# BENCH_CONNECTIONS or 32 connections, BENCH_SECONDS or 8 s unless WRK-ARGS say otherwise)
+# against the proxy PID, whose answers must all be of the class EXPECT (2xx or 4xx), with no
+# socket error. Appends to $work/results:
+#   name req/s p50_ms p99_ms requests user_us sys_us redis_reads 1xx 2xx 3xx 4xx 5xx socket_errors
+# and on a wrong answer says which run it was on stderr, appends it to $work/failures and
+# returns 1.
+checked_wrk() {
+    local name=$1 expect=$2 pid=$3 url=$4 script=$5
+    shift 5
+    local out cpu_before cpu_after reads_before reads_after counts
+    reads_before=$(redis_reads)
+    cpu_before=$(cpu_us "$pid")
+    out=$(WRK_COUNTS="$work/counts" taskset -c 1 wrk -t1 -c"${BENCH_CONNECTIONS:-32}" \
+        -d"${BENCH_SECONDS:-8}s" --latency -s "$work/$script.lua" "$@" "$url")
+    cpu_after=$(cpu_us "$pid")
+    reads_after=$(redis_reads)
+    counts=$(cat "$work/counts")
+    echo "$out" > "$work/$name.wrk"
+    python3 - "$name" "$expect" "$cpu_before" "$cpu_after" "$((reads_after - reads_before))" "$counts" \
+        "$work/$name.wrk" "$work/results" "$work/failures" <<'PY'
+import re, sys
+name, expect, before, after, reads, counts, output, results, failures = sys.argv[1:]
+out = open(output).read()
+def ms(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M).group(1))
+requests = int(re.search(r"^\s*(\d+) requests in", out, re.M).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+errors = sum(map(int, socket.groups())) if socket else 0
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+non2xx = int(non2xx.group(1)) if non2xx else 0
+(u0, s0), (u1, s1) = (map(int, before.split()), map(int, after.split()))
+classes = list(map(int, counts.split()))
+with open(results, "a") as f:
+    print(name, rps, p50, p99, requests, u1 - u0, s1 - s0, reads, *classes, errors, file=f)
+wanted = {"2xx": 1, "4xx": 3}[expect]
+answered = sum(classes)
+wrong = answered - classes[wanted]
+problems = []
+if answered == 0:
+    problems.append("no answer at all")
+if wrong:
+    problems.append(f"{wrong} of {answered} answers not {expect} (1xx-5xx: {' '.join(map(str, classes))})")
+if expect == "2xx" and non2xx:
+    problems.append(f"wrk counted {non2xx} non-2xx answers")
+if errors:
+    problems.append(f"socket errors: {socket.group(0)}")
+if problems:
+    message = f"FAIL {name}: " + "; ".join(problems)
+    print(message, file=sys.stderr)
+    with open(failures, "a") as f:
+        print(message, file=f)
+    sys.exit(1)
+PY
+}
+
+# fail_if_any: after the runs, exits non-zero naming every run whose answers were wrong.
+fail_if_any() {
+    if [ -s "$work/failures" ]; then
+        echo "benchmark FAILED: these runs had wrong answers or socket errors:" >&2
+        cat "$work/failures" >&2
+        exit 1
+    fi
 }

@@ -1,38 +1,48 @@
 #!/usr/bin/env bash
-# End-to-end load on loopback, one worker everywhere: keygate against the framework's floor (a
-# Pingora pass-through built from this crate) and nginx as a plain reverse proxy. The proxy
+# End-to-end load on loopback: keygate against its floors, each built as keygate is (mimalloc,
+# the same Pingora runtime): a Pingora pass-through for forwarded requests
+# (examples/passthrough.rs) and Pingora's cheapest rejection for rejected ones
+# (examples/passthrough_reject.rs); nginx as a plain reverse proxy beside them. The proxy
 # under test runs on core 0; wrk, the upstream (nginx returning 200) and Redis on core 1.
-# Rounds are interleaved; medians are printed with ratios. Part of `make bench`.
-#   BENCH_SECONDS (8) per run, BENCH_ROUNDS (3), BENCH_CONNECTIONS (32)
+#
+# Every run checks its answers (a Lua counter of statuses by class, wrk's socket errors): a
+# valid-key run must be all 2xx, a rejection run all 4xx, neither with a socket error; any other
+# answer is named on stderr and the script exits 1 after the table. Each run also reads the
+# proxy's user and system CPU time (/proc/PID/stat) and the Redis record reads. Rounds are
+# interleaved; the table holds medians, and ratios to the matching floor (the median of each
+# round's ratio). Part of `make bench`.
+#   BENCH_SECONDS (8) per run, BENCH_ROUNDS (3), BENCH_CONNECTIONS (32),
+#   KEYGATE_THREADS (1), KEYGATE_WORK_STEALING (true): the runtime of keygate and the floors,
+#   BENCH_KEY_PREFIX (bench-key): the valid runs' keys; any other prefix shows the checks fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${BENCH_SECONDS:-8}
 rounds=${BENCH_ROUNDS:-3}
-conns=${BENCH_CONNECTIONS:-32}
 . benches/common.sh
 
-up=$(port); redis_port=$(port); kg=$(port); kg_admin=$(port); pass=$(port); ngx=$(port)
+up=$(port); redis_port=$(port); kg=$(port); kg_admin=$(port); pass=$(port); reject=$(port); ngx=$(port)
 upstream_start "$up"
 redis_start "$redis_port" bench-key
 keygate_start "$kg" "$kg_admin" "$redis_port" "$up"
-taskset -c 0 ./target/release/examples/passthrough "127.0.0.1:$pass" "127.0.0.1:$up" 2>/dev/null & pids+=($!)
+reference_start passthrough "$pass" "$up"; pass_pid=$reference_pid
+reference_start passthrough_reject "$reject" "$up"; reject_pid=$reference_pid
 nginx_start proxy 0 "upstream up { server 127.0.0.1:$up; keepalive 64; }
 server { listen 127.0.0.1:$ngx; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-wait_port "$pass"; wait_port "$ngx"
+wait_port "$ngx"
+ngx_pid=$(cat "$work/proxy/nginx.pid")
 
-cat > "$work/valid.lua" <<'LUA'
+wrk_script valid <<LUA
 local n = 0
 request = function()
   n = (n + 1) % 1000
-  return wrk.format("POST", "/ingest", {["X-ApiKey"] = string.format("bench-key-%03d", n), ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
+  return wrk.format("POST", "/ingest", {["X-ApiKey"] = string.format("${BENCH_KEY_PREFIX:-bench-key}-%03d", n), ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
 end
 LUA
-cat > "$work/unknown.lua" <<'LUA'
+wrk_script unknown <<'LUA'
 request = function()
   return wrk.format("POST", "/ingest", {["X-ApiKey"] = "bench-unknown-key", ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
 end
 LUA
-cat > "$work/random.lua" <<'LUA'
+wrk_script random <<'LUA'
 math.randomseed(os.time())
 request = function()
   local key = string.format("%08x%08x%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
@@ -40,39 +50,43 @@ request = function()
 end
 LUA
 
-reads() { redis-cli -p "$redis_port" info commandstats | sed -n 's/^cmdstat_hgetall:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0; }
-run() { # name url script
-    local before after out rps p99 requests
-    before=$(reads)
-    out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${seconds}s" --latency -s "$work/$3.lua" "$2")
-    after=$(reads)
-    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-    requests=$(awk '/requests in/ {print $1}' <<<"$out")
-    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-    echo "$1 $rps $p99 $(( after - before )) $requests ${non2xx:-0}" >> "$work/results"
-}
+echo "threads: $threads, work stealing: $work_stealing; load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for round in $(seq "$rounds"); do
     echo "round $round of $rounds" >&2
-    run keygate_valid "http://127.0.0.1:$kg" valid
-    run passthrough "http://127.0.0.1:$pass" valid
-    run nginx "http://127.0.0.1:$ngx" valid
-    run keygate_unknown_repeated "http://127.0.0.1:$kg" unknown
-    run keygate_unknown_random "http://127.0.0.1:$kg" random
+    # A wrong answer is recorded (and named) by checked_wrk; the rounds go on, the exit says it.
+    checked_wrk keygate_valid 2xx "$keygate_pid" "http://127.0.0.1:$kg" valid || true
+    checked_wrk passthrough 2xx "$pass_pid" "http://127.0.0.1:$pass" valid || true
+    checked_wrk nginx 2xx "$ngx_pid" "http://127.0.0.1:$ngx" valid || true
+    checked_wrk keygate_unknown_repeated 4xx "$keygate_pid" "http://127.0.0.1:$kg" unknown || true
+    checked_wrk keygate_unknown_random 4xx "$keygate_pid" "http://127.0.0.1:$kg" random || true
+    checked_wrk passthrough_reject 4xx "$reject_pid" "http://127.0.0.1:$reject" unknown || true
 done
 
 python3 - "$work/results" <<'PY'
 import statistics, sys
-rows = {}
+from collections import defaultdict
+# Each run's floor: forwarded requests against the pass-through, rejections against the
+# cheapest rejection.
+floors = {"keygate_valid": "passthrough", "nginx": "passthrough",
+          "keygate_unknown_repeated": "passthrough_reject", "keygate_unknown_random": "passthrough_reject"}
+runs = defaultdict(list)
 for line in open(sys.argv[1]):
-    name, rps, p99, reads, requests, non2xx = line.split()
-    unit = 1e-3 if p99.endswith("us") else 1 if p99.endswith("ms") else 1e3
-    p99_ms = float(p99.rstrip("ums")) * unit
-    rows.setdefault(name, []).append((float(rps), p99_ms, int(reads), int(requests)))
-median = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
-              sum(r[2] for r in v) / max(1, sum(r[3] for r in v))) for n, v in rows.items()}
-floor, classic = median["passthrough"][0], median["nginx"][0]
-print(f"{'run':28} {'req/s':>10} {'p99 ms':>8} {'x pass-through':>15} {'x nginx':>8} {'Redis reads/req':>16}")
-for name, (rps, p99, reads) in median.items():
-    print(f"{name:28} {rps:10.0f} {p99:8.2f} {rps / floor:15.2f} {rps / classic:8.2f} {reads:16.4f}")
+    name, rps, p50, p99, requests, user, system, reads, *rest = line.split()
+    requests = max(1, int(requests))
+    runs[name].append({"rps": float(rps), "p50": float(p50), "p99": float(p99),
+                       "user": int(user) / requests, "sys": int(system) / requests,
+                       "reads": int(reads) / requests})
+med = lambda name, field: statistics.median(r[field] for r in runs[name])
+print(f"{'run':26} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'user us/req':>12} {'sys us/req':>11} "
+      f"{'floor':>19} {'x floor':>8} {'user us - floor':>16} {'Redis reads/req':>16}")
+for name in runs:
+    floor, ratio, extra = floors.get(name), "", ""
+    if floor in runs:
+        pairs = zip(runs[name], runs[floor])
+        ratio = f"{statistics.median(a['rps'] / b['rps'] for a, b in pairs):.2f}"
+        extra = f"{med(name, 'user') - med(floor, 'user'):+.1f}"
+    print(f"{name:26} {med(name, 'rps'):9.0f} {med(name, 'p50'):7.2f} {med(name, 'p99'):7.2f} "
+          f"{med(name, 'user'):12.1f} {med(name, 'sys'):11.1f} {floor or '-':>19} {ratio:>8} {extra:>16} "
+          f"{med(name, 'reads'):16.4f}")
 PY
+fail_if_any
