@@ -1,106 +1,106 @@
-//! The request path's decision, without the network: extract the key, hash it to its id, ask
-//! the cache, check the limiter; then each stage alone, and the membership filter.
-//! `cargo bench --bench decision` (or `make bench`).
+//! The request path's decision, without the network: the real `decide` the proxy and the auth
+//! listener call, on a gateway built from a config over the in-memory store, for each way a
+//! request ends (forwarded, unknown, missing, malformed, rate limited); then each stage alone,
+//! and the membership filter. `cargo bench --bench decision` (or `make bench`).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue};
 use keygate::config::FilterConfig;
-use keygate::config::{CacheConfig, Rate};
-use keygate::extract::{Extracted, KeyExtractor, KeySource};
+use keygate::extract::Extracted;
 use keygate::key::ApiKey;
-use keygate::testing::{
-    Bloom, IpLimiter, KeyLookup, KeyRecord, LookupSettings, MemoryStore, Metrics, Verdict,
-};
+use keygate::testing::{decide, Bloom, DecisionFixture, KeyRecord, Rejection, RequestFacts, Verdict};
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
-/// The lookup and the settings it runs under.
-struct Lookup {
-    lookup: Arc<KeyLookup>,
-    settings: Arc<LookupSettings>,
-}
+/// A gateway as `keygate -c` would build it from this file, its store swapped for memory. The
+/// TTLs outlive any measurement (an expired entry would time a store read, and a stale known
+/// one a refresh); the default and per-IP rates are ones no benchmark loop reaches, so only the
+/// key that sets its own rate is ever limited.
+const CONFIG: &str = "
+listen: [127.0.0.1:1]
+upstream: {peers: [127.0.0.1:2]}
+store: {file: never-read.yaml}
+cache: {ttl_s: 3600, negative_ttl_s: 3600}
+rate_limit:
+  per_second: 1000000000
+  burst: 1000000000
+  unauthenticated_per_ip: {per_second: 1000000000, burst: 1000000000}
+";
 
-impl Lookup {
-    fn cached(&self, id: &keygate::key::KeyId) -> Option<Verdict> {
-        self.lookup.cached(&self.settings, id)
-    }
-}
+const KNOWN: &str = "bench-known-key-0001";
+const UNKNOWN: &str = "bench-unknown-key-01";
+/// A key whose record allows one request a thousand seconds: every request after the first is
+/// over its rate.
+const LIMITED: &str = "bench-limited-key-01";
 
-fn setup() -> (KeyExtractor, Lookup) {
-    let extractor = KeyExtractor {
-        sources: vec![
-            KeySource::Header(HeaderName::from_static("x-apikey")),
-            KeySource::Query("apikey".into()),
-        ],
-        max_length: 128,
-        forward: true,
-    };
-    let store = Arc::new(MemoryStore::default());
-    store.insert(ApiKey::from_cli("bench-known-key-0001").id(), KeyRecord::active("bench"));
-    // Both entries outlive any measurement: an expired unknown entry would time a miss, and a
-    // stale known one would start a refresh outside the runtime.
-    let hour = Duration::from_secs(3600);
-    let cache = CacheConfig { ttl: hour, negative_ttl: hour, ..CacheConfig::for_tests(100_000) };
-    // A rate no benchmark loop reaches, so every check is the allowed path.
-    let default_rate = Rate { per_second: 1e9, burst: 1_000_000_000 };
-    let lookup = Arc::new(KeyLookup::new(&cache, FilterConfig::default(), Arc::new(Metrics::new())));
-    let settings = Arc::new(LookupSettings {
-        store,
-        timeout: Duration::from_secs(1),
-        max_inflight: 64,
-        default_rate,
-        cache,
-    });
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        lookup.fetch(&settings, ApiKey::from_cli("bench-known-key-0001").id()).await.unwrap();
-        lookup.fetch(&settings, ApiKey::from_cli("bench-unknown-key-01").id()).await.unwrap();
-    });
-    (extractor, Lookup { lookup, settings })
-}
-
-/// The whole decision for one request's headers; true when it would be forwarded.
-fn decide(extractor: &KeyExtractor, lookup: &Lookup, headers: &HeaderMap) -> bool {
-    let Extracted::Key(key) = extractor.extract(headers, None) else { return false };
-    match lookup.cached(&key.id()) {
-        Some(Verdict::Known(grant)) => grant.is_enabled() && grant.limiter.check().is_ok(),
-        _ => false,
-    }
-}
-
-fn headers(key: &'static str) -> HeaderMap {
+fn headers(key: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("host", HeaderValue::from_static("ingest.example.com"));
     headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers.insert("x-apikey", HeaderValue::from_static(key));
+    if let Some(key) = key {
+        headers.insert("x-apikey", HeaderValue::from_str(key).unwrap());
+    }
     headers
 }
 
 fn decision(c: &mut Criterion) {
-    let (extractor, lookup) = setup();
-    let known = headers("bench-known-key-0001");
-    let unknown = headers("bench-unknown-key-01");
-    assert!(decide(&extractor, &lookup, &known));
-    assert!(!decide(&extractor, &lookup, &unknown));
-    c.bench_function("decision/cached_known_key", |b| {
-        b.iter(|| decide(&extractor, &lookup, black_box(&known)))
-    });
-    c.bench_function("decision/cached_unknown_key", |b| {
-        b.iter(|| decide(&extractor, &lookup, black_box(&unknown)))
-    });
+    let fixture = DecisionFixture::from_yaml(CONFIG);
+    fixture.insert(KNOWN, KeyRecord::active("bench"));
+    fixture.insert(LIMITED, KeyRecord { rate: Some(0.001), burst: Some(1), ..KeyRecord::active("bench") });
+    let (gateway, settings) = (&*fixture.gateway, fixture.settings());
+    let peer: IpAddr = "203.0.113.9".parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // A cached answer may start a refresh on the runtime; none should here (see CONFIG).
+    let _in_runtime = runtime.enter();
+
+    let malformed = "k".repeat(settings.config.api_key.max_length + 1);
+    let cases = [
+        ("decision/cached_known_key", headers(Some(KNOWN))),
+        ("decision/cached_unknown_key", headers(Some(UNKNOWN))),
+        ("decision/missing_key", headers(None)),
+        ("decision/malformed_key", headers(Some(&malformed))),
+        ("decision/rate_limited", headers(Some(LIMITED))),
+    ];
+    // The first request for each key reads the store (and the limited key spends its burst);
+    // every one after is answered from the cache, as measured below.
+    for (_, headers) in &cases {
+        let request = RequestFacts { headers, query: None, peer };
+        let _ = runtime.block_on(decide(gateway, &settings, &request));
+    }
+    let fetches = fixture.store.fetch_count();
+    for (name, headers) in &cases {
+        let request = RequestFacts { headers, query: None, peer };
+        // Decided at once (a store read would have to wait), and as the name says.
+        let decided =
+            || decide(gateway, &settings, black_box(&request)).now_or_never().expect("decided at once");
+        let answer = decided();
+        let expected = match *name {
+            "decision/cached_known_key" => answer.as_ref().is_ok_and(|grant| grant.is_enabled()),
+            "decision/cached_unknown_key" => matches!(answer, Err(Rejection::UnknownKey)),
+            "decision/missing_key" => matches!(answer, Err(Rejection::MissingKey)),
+            "decision/malformed_key" => matches!(answer, Err(Rejection::MalformedKey)),
+            "decision/rate_limited" => matches!(answer, Err(Rejection::RateLimited(_))),
+            _ => unreachable!(),
+        };
+        assert!(expected, "{name}: {:?}", answer.err());
+        c.bench_function(name, |b| b.iter(decided));
+    }
+    assert_eq!(fixture.store.fetch_count(), fetches, "a measured decision read the store");
+
+    let known = &cases[0].1;
+    let extractor = &settings.config.api_key;
     c.bench_function("stage/extract", |b| {
-        b.iter(|| matches!(extractor.extract(black_box(&known), None), Extracted::Key(_)))
+        b.iter(|| matches!(extractor.extract(black_box(known), None), Extracted::Key(_)))
     });
-    let key = ApiKey::from_cli("bench-known-key-0001");
+    let key = ApiKey::from_cli(KNOWN);
     c.bench_function("stage/key_id_sha256", |b| b.iter(|| black_box(&key).id()));
     let id = key.id();
-    c.bench_function("stage/cache_lookup", |b| b.iter(|| lookup.cached(black_box(&id)).is_some()));
-    let Some(Verdict::Known(grant)) = lookup.cached(&id) else { panic!("the known key is cached") };
+    let cached = || gateway.lookup.cached(&settings.lookup, black_box(&id));
+    c.bench_function("stage/cache_lookup", |b| b.iter(|| cached().is_some()));
+    let Some(Verdict::Known(grant)) = cached() else { panic!("the known key is cached") };
     c.bench_function("stage/key_limiter", |b| b.iter(|| black_box(&grant).limiter.check().is_ok()));
-    let per_ip = IpLimiter::new(Rate { per_second: 1e9, burst: 1_000_000_000 }, 1_000_000);
-    let client: IpAddr = "203.0.113.9".parse().unwrap();
-    c.bench_function("stage/ip_limiter", |b| b.iter(|| per_ip.check(black_box(client)).is_ok()));
+    let per_ip = &settings.ip_limiter;
+    c.bench_function("stage/ip_limiter", |b| b.iter(|| per_ip.check(black_box(peer)).is_ok()));
 }
 
 /// The membership filter at a million keys: a lookup, present and absent, and its size.

@@ -113,3 +113,29 @@ impl Gateway {
         self.background.spawn(background::drain_when_handed_over(Arc::downgrade(self), phases));
     }
 }
+
+#[cfg(feature = "test-util")]
+impl Gateway {
+    /// A gateway over `settings` with no background task and no health check running: for the
+    /// benchmarks of the decision, which need its stages but no network.
+    pub fn for_tests(settings: Settings) -> std::io::Result<Arc<Gateway>> {
+        let metrics = Arc::new(Metrics::new());
+        let config = &settings.config;
+        let lookup = Arc::new(KeyLookup::new(&config.cache, config.filter, Arc::clone(&metrics)));
+        let health_check = config.upstream.health_check.clone();
+        let settings = Arc::new(ArcSwap::from_pointee(settings));
+        let peers = Arc::clone(&settings);
+        let (upstreams, _not_run) =
+            Upstreams::new(&health_check, move || peers.load().config.upstream.peers.clone());
+        Ok(Arc::new(Gateway {
+            settings,
+            lookup,
+            metrics,
+            upstreams,
+            access_log: None,
+            config_path: None,
+            draining: AtomicBool::new(false),
+            background: Background::new()?,
+        }))
+    }
+}

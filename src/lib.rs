@@ -67,7 +67,8 @@ pub(crate) mod settings;
 pub(crate) mod store;
 pub(crate) mod upstream;
 
-/// The stages, for the benchmarks (`test-util` only; not the library's API).
+/// The stages, and a gateway to run the whole decision on, for the benchmarks (`test-util`
+/// only; not the library's API).
 #[cfg(feature = "test-util")]
 pub mod testing {
     pub use crate::cache::KeyCache;
@@ -78,4 +79,11 @@ pub mod testing {
     pub use crate::metrics::Metrics;
     pub use crate::store::memory::MemoryStore;
     pub use crate::store::KeyRecord;
+
+    pub use crate::answer::Rejection;
+    pub use crate::decide::{decide, RequestFacts};
+    pub use crate::gateway::Gateway;
+    pub use crate::settings::Settings;
+    pub use fixture::DecisionFixture;
+    mod fixture;
 }

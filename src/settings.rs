@@ -171,13 +171,18 @@ fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn KeyS
     })
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-util"))]
 impl Settings {
     /// The documented defaults (one listener, one peer) over `store`: for unit tests and
     /// benchmarks, which need settings but no file.
     pub fn for_tests(store: Arc<dyn KeyStore>) -> Settings {
         let yaml = "listen: [127.0.0.1:1]\nupstream: {peers: [127.0.0.1:2]}\nstore: {file: keys.yaml}\n";
         let config = Config::parse(yaml, std::path::Path::new(".")).expect("a valid config");
+        Settings::over_store(config, store)
+    }
+
+    /// `config` over `store` instead of the store it names (which is never opened).
+    pub fn over_store(config: Config, store: Arc<dyn KeyStore>) -> Settings {
         let ip_limiter = Arc::new(ip_limiter(&config));
         Settings::assemble(config, store, ip_limiter)
     }
