@@ -5,8 +5,11 @@
 #               module, systemd (for systemd-analyze)
 #   make test   lint, compile the benches and the fuzz crate, then every test (what CI runs)
 #   make lint   rustfmt check and clippy with warnings denied
-#   make bench  criterion micro-benchmarks, the memory figure, and benches/e2e.sh (wrk against
-#               a Pingora pass-through and nginx)
+#   make bench  criterion micro-benchmarks (the real decision), the memory figure,
+#               benches/e2e.sh (wrk against keygate's floors: a Pingora pass-through and
+#               Pingora's cheapest rejection, built as keygate is; nginx beside them) and
+#               benches/slowloris.sh (valid keys under a slowloris attack); every wrk run checks
+#               its answers and fails the bench on a wrong one
 #   make fuzz   cargo-fuzz on key extraction and config parsing (nightly; FUZZ_SECONDS each)
 #   make soak   benches/soak.sh: 10 minutes at 60% load with Redis faults (not in CI)
 
@@ -65,8 +68,9 @@ bench: deps
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(APT_INSTALL) wrk)
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench memory
-	$(CARGO) build $(PROFILE) --bin keygate --example passthrough
+	$(CARGO) build $(PROFILE) --bin keygate --example passthrough --example passthrough_reject
 	benches/e2e.sh
+	benches/slowloris.sh
 
 # Fuzzing (nightly, not in CI): FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 120

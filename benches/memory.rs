@@ -1,7 +1,8 @@
 //! Bytes per cached key: resident memory before and after filling the caches with a million
 //! entries each; then the per-IP limiter through three floods of new addresses, each twice its
 //! bound: bytes per held address, and resident memory after each flood and its sweep.
-//! `cargo bench --bench memory` (part of `make bench`). Same allocator as the binary.
+//! `cargo bench --bench memory` (part of `make bench`). Same allocator as the binary (mimalloc,
+//! without transparent huge pages), so the bytes per key are the shipped binary's.
 
 use keygate::config::{CacheConfig, Rate};
 use keygate::key::ApiKey;
@@ -24,6 +25,9 @@ fn resident_bytes() -> usize {
 
 fn main() {
     const KEYS: usize = 1_000_000;
+    let allocator =
+        if cfg!(feature = "mimalloc") { "mimalloc, as the keygate binary" } else { "the system's" };
+    println!("allocator: {allocator}");
     let ids: Vec<_> = (0..KEYS).map(|n| ApiKey::from_cli(&format!("memory-key-{n}")).id()).collect();
     let rate = Rate { per_second: 100.0, burst: 200 };
     // The TTLs do not change what an entry costs; filling the caches takes well under them.

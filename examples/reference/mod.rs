@@ -27,7 +27,7 @@ impl Args {
         let listen = args.next().unwrap_or_else(|| "127.0.0.1:6200".into());
         let upstream = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
         let threads = args.next().map_or(1, |t| t.parse().expect("THREADS: a whole number"));
-        let work_stealing = args.next().map_or(true, |w| w.parse().expect("WORK_STEALING: true or false"));
+        let work_stealing = args.next().is_none_or(|w| w.parse().expect("WORK_STEALING: true or false"));
         // As keygate's server.rs sets it with `grace_period_s: 0`, which the benchmark gives it.
         let conf = ServerConf {
             threads,
