@@ -14,6 +14,9 @@
 //! It only ever rejects while it can be trusted to be complete: built at least once, and with
 //! the announcement channel unbroken since its build began. Until then, and whenever
 //! announcements may have been missed, every key goes on to the cache and store as before.
+//! Nothing else distrusts it: not a store that stops answering lookups, nor a rebuild that
+//! fails (a frozen or unreachable store), since with the channel unbroken every key written
+//! since the last build was announced and is in the filter already.
 
 pub mod rebuild;
 
@@ -229,11 +232,11 @@ impl KeyFilter {
         drop(old);
     }
 
-    /// A rebuild failed: the old filter may be missing keys written since.
+    /// A rebuild failed: the current filter stays as it is, trusted or not. Announcements go
+    /// on being added to it, so while the channel is unbroken it misses nothing a rebuild
+    /// would have found (but keys written without an announcement, as between rebuilds).
     pub fn abandon_rebuild(&self) {
         *self.lock_pending() = None;
-        let _channel = self.lock_channel();
-        self.trusted.store(false, Ordering::Release);
     }
 
     /// Ids held, bytes used, and seconds since the last build; for the metrics.

@@ -1,10 +1,25 @@
 //! Invalidation: every gateway forgets what an announcement names within a second.
 //!
 //! Whoever writes a key record publishes its id on `{prefix}invalidate` (`*` for everything).
-//! This task holds a subscription to that channel, applies each announcement to the cache, and
-//! pings the subscription so a dead connection is noticed and replaced. Each time it
-//! (re)subscribes, announcements may have been missed, so the cache is told to trust nothing
-//! it holds as unknown and to confirm its known keys again.
+//! This task holds a subscription to that channel and applies each announcement to the cache.
+//! Each time it (re)subscribes, announcements may have been missed, so the cache is told to
+//! trust nothing it holds as unknown and to confirm its known keys again, and the membership
+//! filter steps aside until rebuilt.
+//!
+//! What counts as a gap (a time in which an announcement may have been missed) decides how
+//! long the filter's last view stays exact. A closed or reset connection, an error on the
+//! subscription, or a move of the master is a gap. Silence is not: a frozen store (its process
+//! stopped, its connections up) publishes nothing, and whatever is published once it runs
+//! again arrives on the same connection, so the subscription and the filter's trust are kept
+//! through unanswered pings. A peer gone without a FIN or RST (a dropped network path) looks
+//! the same from here; the kernel tells them apart, since a frozen server's kernel still
+//! acknowledges what is sent to it and a vanished one's does not. So the subscription's
+//! socket has a TCP user timeout ([`HALF_OPEN_BOUND`]) with keepalive probes, and a peer that
+//! acknowledges nothing for that long resets the connection: a gap.
+//!
+//! In a cluster silence is not proof: an announcement published on another node reaches the
+//! subscribed one over the cluster bus, which drops messages to a node that stops answering.
+//! There an unanswered ping is a gap, as it always was (see [`AnnouncementHub::silence_is_safe`]).
 //!
 //! Where it subscribes is the store's [`AnnouncementHub`]: the one server; under Sentinel the
 //! master, and again on the new master as soon as it moves (a demoted or dead master may not
@@ -13,13 +28,25 @@
 use crate::key::KeyId;
 use crate::lookup::{Announcement, KeyLookup};
 use crate::store::nodes::{AnnouncementHub, Announcements};
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How often the subscription is pinged, and how long a ping may take.
+/// How often the subscription is pinged: the ping keeps bytes in flight for the user timeout
+/// to watch, and in a cluster an answer late by more than this is a gap.
 const PING_EVERY: Duration = Duration::from_secs(1);
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long setting up a subscription may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer may acknowledge nothing (neither a ping nor a keepalive probe) before its
+/// connection counts as gone. Long enough for a few retransmissions on a lossy path (the
+/// kernel's 200 ms first retry, doubling, has tried four times by 3 s); short enough that a
+/// path that has really vanished leaves the filter trusting itself (and refusing a key written
+/// and announced meanwhile) no longer than the Sentinel master's own periodic re-check (5 s).
+pub const HALF_OPEN_BOUND: Duration = Duration::from_secs(5);
+/// Keepalive probes while nothing else is in flight (a ping sent, acknowledged, unanswered).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
 /// The wait between attempts to subscribe again.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
 
@@ -49,7 +76,7 @@ pub async fn listen(announcements: Announcements, lookup: Arc<KeyLookup>) {
                 log::info!("listening for invalidations on {channel}{}", at_node(&hub, &client));
                 logged_down = false;
                 let reason = tokio::select! {
-                    reason = follow(pubsub, &lookup) => reason,
+                    reason = follow(pubsub, &lookup, hub.silence_is_safe()) => reason,
                     _ = moved => "the master moved",
                 };
                 lookup.announcements_lost();
@@ -77,21 +104,35 @@ fn at_node(hub: &AnnouncementHub, client: &redis::Client) -> String {
 }
 
 async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_EVERY).with_interval(KEEPALIVE_EVERY);
+    let tcp =
+        TcpSettings::default().set_nodelay(true).set_keepalive(keepalive).set_user_timeout(HALF_OPEN_BOUND);
+    let info = client.get_connection_info().clone().set_tcp_settings(tcp);
     let connect = async {
-        let mut pubsub = client.get_async_pubsub().await?;
+        let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok(pubsub)
     };
-    tokio::time::timeout(PING_TIMEOUT, connect)
+    tokio::time::timeout(SUBSCRIBE_TIMEOUT, connect)
         .await
         .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "subscribe timed out"))))
 }
 
-/// Applies announcements until the subscription fails; returns why it ended.
-async fn follow(pubsub: redis::aio::PubSub, lookup: &KeyLookup) -> &'static str {
-    let (mut sink, mut messages) = pubsub.split();
+/// Applies announcements until the subscription fails; returns why it ended. One ping is in
+/// flight at a time; while the server is frozen it stays unanswered, which ends nothing unless
+/// `silence_is_safe` is false (a cluster node), and then only after `PING_EVERY`.
+async fn follow(pubsub: redis::aio::PubSub, lookup: &KeyLookup, silence_is_safe: bool) -> &'static str {
+    let (sink, mut messages) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<(BoxFuture<'static, redis::RedisResult<()>>, Instant)> = None;
     loop {
+        let answered = async {
+            match pending.as_mut() {
+                Some((pong, _)) => pong.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             message = messages.next() => {
                 let Some(message) = message else { return "connection closed" };
@@ -101,13 +142,22 @@ async fn follow(pubsub: redis::aio::PubSub, lookup: &KeyLookup) -> &'static str 
                     None => log::warn!("ignoring an invalidation that names no key id"),
                 }
             }
-            _ = ping.tick() => {
-                match tokio::time::timeout(PING_TIMEOUT, sink.ping::<()>()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return "ping failed",
-                    Err(_) => return "ping timed out",
+            pong = answered => {
+                pending = None;
+                if pong.is_err() {
+                    return "ping failed";
                 }
             }
+            _ = ping.tick() => match &pending {
+                None => {
+                    let mut sink = sink.clone();
+                    pending = Some((async move { sink.ping::<()>().await }.boxed(), Instant::now()));
+                }
+                Some((_, sent)) if !silence_is_safe && sent.elapsed() >= PING_EVERY => {
+                    return "the cluster node stopped answering";
+                }
+                Some(_) => {}
+            },
         }
     }
 }

@@ -11,7 +11,10 @@
 //! - an announcement that arrives while a query is in flight (or before its answer is written)
 //!   makes the answer doubtful: it is returned to the requests that asked, but not remembered;
 //! - a key id outside the trusted membership filter ([`crate::filter`]) is unknown without a
-//!   query, but only while the store is answering: during an outage every uncached key is a 503.
+//!   query, whether or not the store answers lookups: the filter is trusted for as long as no
+//!   announcement can have been missed ([`crate::invalidate`] says when one may have been), so
+//!   a frozen store keeps its exclusions, while a lost subscription makes every uncached key a
+//!   store read (a 503 while the store is down).
 
 pub mod admission;
 pub mod flights;
@@ -26,7 +29,7 @@ use crate::store::KeyStore;
 use admission::Admission;
 use flights::Flights;
 use prometheus::{Gauge, IntGaugeVec, Opts};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,8 +90,6 @@ impl LookupSettings {
 pub struct KeyLookup {
     pub cache: KeyCache,
     pub filter: KeyFilter,
-    /// Whether the last store query got an answer; the filter only rejects while it did.
-    store_answering: AtomicBool,
     flights: Flights<Result<Verdict, LookupError>>,
     admission: Admission,
     /// Counts announcements, so a query can tell whether one arrived while it was in flight.
@@ -102,7 +103,6 @@ impl KeyLookup {
         KeyLookup {
             cache: KeyCache::new(cache),
             filter: KeyFilter::new(filter),
-            store_answering: AtomicBool::new(true),
             flights: Flights::default(),
             admission: Admission::default(),
             announcements: AtomicU64::new(0),
@@ -163,13 +163,13 @@ impl KeyLookup {
     /// Whether the filter may answer "unknown" for this store now; while it cannot, every
     /// uncached key costs a store lookup.
     pub fn filter_answers(&self) -> bool {
-        self.store_answering.load(Ordering::Relaxed) && self.filter.is_trusted()
+        self.filter.is_trusted()
     }
 
     /// Whether the filter says `id` is no key's, for a key the cache does not hold: then it is
     /// unknown without a store read.
     pub fn filter_excludes(&self, id: &KeyId) -> bool {
-        let excluded = self.store_answering.load(Ordering::Relaxed) && self.filter.excludes(id);
+        let excluded = self.filter.excludes(id);
         if excluded {
             self.metrics.filter_rejection();
         }
@@ -200,7 +200,6 @@ impl KeyLookup {
             Err(_) => StoreResult::Timeout,
         };
         self.metrics.store_query(result, started.elapsed());
-        self.store_answering.store(matches!(answer, Ok(Ok(_))), Ordering::Relaxed);
         let verdict = match answer {
             Ok(Ok(Some(mut record))) => {
                 record.app = self.apps.intern(&record.app);

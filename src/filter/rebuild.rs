@@ -46,8 +46,9 @@ pub async fn maintain(lookup: Arc<KeyLookup>, settings: Arc<ArcSwap<Settings>>, 
             }
             Err(e) => {
                 log::warn!(
-                    "membership filter rebuild failed ({}); rejecting nothing until one succeeds",
-                    e.with_cause()
+                    "membership filter rebuild failed ({}); the last one stays, trusted: {}",
+                    e.with_cause(),
+                    filter.is_trusted()
                 );
                 metrics.filter_rebuild(false);
                 let wait = retry;
@@ -118,7 +119,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn failed_rebuilds_reject_nothing_back_off_and_recover_and_the_interval_rebuilds() {
+    async fn failed_rebuilds_keep_the_last_view_back_off_and_recover_and_the_interval_rebuilds() {
         let store = Arc::new(MemoryStore::default());
         (0..10).for_each(|n| store.insert(id(n), KeyRecord::active("a")));
         let config = FilterConfig { rebuild_interval: Duration::from_secs(300), ..FilterConfig::default() };
@@ -131,21 +132,26 @@ mod tests {
         assert!(lookup.filter.excludes(&id(99)), "built and trusted");
         assert_eq!(rebuilds(&metrics, "ok"), 1);
 
-        // The store fails when the interval comes round (270 to 330 s): from then on nothing
-        // is rejected, and the attempts back off: 1, 2, 4, 8, 15, 15 s apart.
+        // The store fails when the interval comes round (270 to 330 s): the channel had no gap,
+        // so the last filter still answers (with a key announced meanwhile in it), and the
+        // attempts back off: 1, 2, 4, 8, 15, 15 s apart.
         store.set_failing(true);
+        store.insert(id(60), KeyRecord::active("a"));
+        lookup.announce(crate::lookup::Announcement::Key(id(60)));
         tokio::time::sleep(Duration::from_secs(331)).await;
         assert_eq!(rebuilds(&metrics, "ok"), 1);
         let first_failures = rebuilds(&metrics, "error");
         assert!(first_failures >= 1);
-        assert!(!lookup.filter.excludes(&id(99)), "a filter that failed to rebuild still rejects");
+        assert!(lookup.filter.excludes(&id(99)), "a failed rebuild stopped the last view's rejections");
+        assert!(!lookup.filter.excludes(&id(60)), "an announced key was lost");
         tokio::time::sleep(Duration::from_secs(60)).await;
         let failures = rebuilds(&metrics, "error") - first_failures;
         assert!((4..=7).contains(&failures), "{failures} attempts in a minute: no backoff");
 
         // Back: the next attempt, at most 15 s away, builds a trusted filter again, with a key
-        // added meanwhile.
+        // added meanwhile without an announcement (which the last view could not know).
         store.insert(id(50), KeyRecord::active("a"));
+        assert!(lookup.filter.excludes(&id(50)));
         store.set_failing(false);
         tokio::time::sleep(Duration::from_secs(16)).await;
         assert_eq!(rebuilds(&metrics, "ok"), 2);

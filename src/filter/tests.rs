@@ -80,16 +80,23 @@ fn a_key_announced_during_a_rebuild_survives_the_swap() {
 }
 
 #[test]
-fn announcing_everything_or_failing_a_rebuild_stops_rejections() {
+fn announcing_everything_stops_rejections_and_a_failed_rebuild_changes_no_trust() {
     let filter = KeyFilter::new(config());
     filter.channel_resumed();
     built(0..10, &filter);
     filter.announced_everything();
     assert!(!filter.excludes(&id(1_000)));
+    let _ticket = filter.begin_rebuild();
+    filter.abandon_rebuild();
+    assert!(!filter.excludes(&id(1_000)), "a failed rebuild trusted a filter the channel had not");
     built(0..10, &filter);
     assert!(filter.excludes(&id(1_000)));
     let _ticket = filter.begin_rebuild();
+    filter.announced(&id(500)); // announced while the failing rebuild ran
     filter.abandon_rebuild();
+    assert!(filter.excludes(&id(1_000)), "the channel had no gap: the last view is still exact");
+    assert!(!filter.excludes(&id(500)));
+    filter.channel_lost();
     assert!(!filter.excludes(&id(1_000)));
 }
 

@@ -99,6 +99,16 @@ impl AnnouncementHub {
         }
     }
 
+    /// Whether a subscription's silence (a frozen server: pings unanswered, the connection up)
+    /// can hide no announcement. True where every announcement is published on the very
+    /// server subscribed to (one server, the Sentinel master): nothing is published while it
+    /// is frozen, and what comes after arrives on the same connection. False in a cluster,
+    /// where announcements published on other nodes reach the subscribed one over the cluster
+    /// bus, which drops messages to a node that stops answering.
+    pub fn silence_is_safe(&self) -> bool {
+        !matches!(self, AnnouncementHub::Cluster(_))
+    }
+
     /// Resolves once a subscription made now must move (the master moved); never for a single
     /// server or a cluster, whose subscriptions move only when they fail.
     pub fn moved(&self) -> impl std::future::Future<Output = ()> + Send + 'static {

@@ -7,6 +7,15 @@
 //! (`SENTINEL GET-MASTER-ADDR-BY-NAME`, each sentinel in turn, the answer checked with `ROLE`),
 //! listens on every sentinel for `+switch-master`, and asks again whenever a lookup's error
 //! says the server may have moved (a broken connection, READONLY) and every few seconds anyway.
+//!
+//! The sentinels are slow to say a failover happened: the leader notices the promotion on its
+//! next `INFO` (up to a second), and `+switch-master` comes once the other replicas (the old
+//! master too, in a forced failover) are reconfigured, seconds after the new master began to
+//! serve. Meanwhile writers may already write and announce on the new master. So the master's
+//! replicas are also asked, four times a second, whether one of them took over: a replica that
+//! answers as a master whose previous replication id (`master_replid2`) is our master's is its
+//! successor, promoted, and is followed at once. The same lineage keeps the old master, which
+//! goes on answering as a master until the sentinels demote it, from being taken back.
 //! When the master moves, the lookups' connection is replaced by one to the new master, the
 //! move is counted (`keygate_store_failovers_total`), and the invalidation listener, which
 //! watches [`SentinelMaster::moves`], subscribes again on the new master.
@@ -16,8 +25,9 @@ use crate::config::{NodeAddress, RedisAuth};
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
 use prometheus::IntCounter;
-use redis::aio::ConnectionManager;
-use redis::{RedisError, Value};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::RedisError;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
@@ -33,6 +43,10 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 const SUSPICION_GAP: Duration = Duration::from_millis(100);
 /// How long a sentinel (or a named master checking its role) may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the master's replicas are asked whether one of them has been promoted: the
+/// gateway then follows the new master within this (and a round trip) of its first serving,
+/// well inside the second in which invalidations must be heard again.
+const PROMOTION_POLL: Duration = Duration::from_millis(250);
 /// The pings that notice a dead sentinel subscription, and the wait before subscribing again.
 const PING_EVERY: Duration = Duration::from_secs(1);
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
@@ -59,12 +73,18 @@ pub struct SentinelGroup {
 impl SentinelGroup {
     /// Asks the sentinels in turn where the master is, and checks that it says it is one.
     pub async fn resolve(&self) -> Result<NodeAddress, SentinelError> {
+        self.resolve_with_id().await.map(|(address, _)| address)
+    }
+
+    /// The master and its replication id (`master_replid`), which a promoted replica keeps as
+    /// its previous one.
+    async fn resolve_with_id(&self) -> Result<(NodeAddress, String), SentinelError> {
         let mut last = SentinelError::NoSentinel(None);
         for sentinel in &self.sentinels {
             match self.ask(sentinel).await {
-                Ok(Some(address)) => match self.is_master(&address).await {
-                    true => return Ok(address),
-                    false => last = SentinelError::NotMaster(address),
+                Ok(Some(address)) => match self.master_id(&address).await {
+                    Some(id) => return Ok((address, id)),
+                    None => last = SentinelError::NotMaster(address),
                 },
                 Ok(None) => last = SentinelError::UnknownMaster(self.master.clone()),
                 Err(e) if matches!(last, SentinelError::NoSentinel(_)) => {
@@ -89,19 +109,53 @@ impl SentinelGroup {
         Ok(answer.map(|(host, port)| NodeAddress { host, port }))
     }
 
-    /// Whether `address` answers `ROLE` as a master (a sentinel may be behind the others).
-    async fn is_master(&self, address: &NodeAddress) -> bool {
-        let role = async {
-            let mut connection = nodes::connect(nodes::node_info(address, &self.auth)?, ASK_TIMEOUT).await?;
-            redis::cmd("ROLE").query_async::<Value>(&mut connection).await
-        };
-        match role.await {
-            Ok(Value::Array(fields)) => {
-                matches!(fields.first(), Some(Value::BulkString(role)) if role == b"master")
-            }
-            _ => false,
-        }
+    /// `address`'s replication id, if it answers as a master (a sentinel may be behind the
+    /// others).
+    async fn master_id(&self, address: &NodeAddress) -> Option<String> {
+        let mut connection =
+            nodes::connect(nodes::node_info(address, &self.auth).ok()?, ASK_TIMEOUT).await.ok()?;
+        let info = replication(&mut connection).await.ok()?;
+        info.is_master().then(|| info.field("master_replid").map(str::to_string)).flatten()
     }
+}
+
+/// What `INFO replication` says.
+struct Replication(HashMap<String, String>);
+
+impl Replication {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn is_master(&self) -> bool {
+        self.field("role") == Some("master")
+    }
+
+    /// A master's replicas (`slaveN:ip=...,port=...,...`).
+    fn replicas(&self) -> Vec<NodeAddress> {
+        let mut replicas: Vec<NodeAddress> = self
+            .0
+            .iter()
+            .filter(|(name, _)| name.starts_with("slave") && name[5..].parse::<u32>().is_ok())
+            .filter_map(|(_, value)| {
+                let field =
+                    |name: &str| value.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+                Some(NodeAddress { host: field("ip")?.to_string(), port: field("port")?.parse().ok()? })
+            })
+            .collect();
+        replicas.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        replicas
+    }
+}
+
+async fn replication(connection: &mut MultiplexedConnection) -> Result<Replication, RedisError> {
+    let text: String = redis::cmd("INFO").arg("replication").query_async(connection).await?;
+    Ok(Replication(
+        text.lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.to_string(), value.trim().to_string()))
+            .collect(),
+    ))
 }
 
 /// The master now: where it is, and the connections to it.
@@ -129,6 +183,9 @@ struct Shared {
     moves: watch::Sender<u64>,
     /// Poked when a lookup's error says the master may have moved.
     suspicion: Notify,
+    /// The replication id of a master left for its promoted replica: while a sentinel still
+    /// names that server (it answers as a master until demoted), it is behind, not a move.
+    superseded: std::sync::Mutex<Option<String>>,
     failovers: IntCounter,
 }
 
@@ -138,6 +195,8 @@ enum Heard {
     Switch(NodeAddress),
     /// A subscription began: a switch may have been missed before it, so ask.
     Subscribed,
+    /// A replica of the master answers as a master that continues its history: promoted.
+    Promoted { address: NodeAddress, predecessor: String },
 }
 
 impl SentinelMaster {
@@ -150,6 +209,7 @@ impl SentinelMaster {
             current: ArcSwapOption::empty(),
             moves: watch::Sender::new(0),
             suspicion: Notify::new(),
+            superseded: std::sync::Mutex::new(None),
             failovers,
         });
         let follower = tokio::spawn(follow(Arc::clone(&shared)));
@@ -201,12 +261,18 @@ async fn follow(shared: Arc<Shared>) {
     for sentinel in &shared.group.sentinels {
         subscriptions.spawn(listen(sentinel.clone(), shared.group.master.clone(), heard.clone()));
     }
+    subscriptions.spawn(watch_promotions(Arc::clone(&shared), heard.clone()));
     let mut logged_failure = false;
     loop {
         let wait = if shared.current.load().is_some() { CONFIRM_EVERY } else { RETRY_EVERY };
         let ask = tokio::select! {
             message = hearing.recv() => match message {
                 Some(Heard::Switch(address)) => {
+                    shared.move_to(address);
+                    false
+                }
+                Some(Heard::Promoted { address, predecessor }) => {
+                    *shared.lock_superseded() = Some(predecessor);
                     shared.move_to(address);
                     false
                 }
@@ -218,10 +284,18 @@ async fn follow(shared: Arc<Shared>) {
         if !ask {
             continue;
         }
-        match shared.group.resolve().await {
-            Ok(address) => {
+        match shared.group.resolve_with_id().await {
+            Ok((address, id)) => {
                 logged_failure = false;
-                shared.move_to(address);
+                let mut superseded = shared.lock_superseded();
+                if superseded.as_ref() == Some(&id) {
+                    // The old master, not demoted yet: the sentinels have not caught up.
+                } else if shared.current.load().as_ref().is_some_and(|m| m.address == address) {
+                    *superseded = None; // they agree with the promotion followed
+                } else {
+                    drop(superseded);
+                    shared.move_to(address);
+                }
             }
             Err(e) if !logged_failure => {
                 logged_failure = true;
@@ -235,6 +309,10 @@ async fn follow(shared: Arc<Shared>) {
 }
 
 impl Shared {
+    fn lock_superseded(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.superseded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Points the lookups at `address`, if that is a move.
     fn move_to(&self, address: NodeAddress) {
         let previous = self.current.load();
@@ -248,6 +326,13 @@ impl Shared {
                 return;
             }
         };
+        // Connected now rather than by the first lookups: after the move the listener makes the
+        // cache confirm its known keys again, and a confirmation that times out while the
+        // connection is still being made would put the next one off by a second.
+        let mut warm = master.connection.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(ASK_TIMEOUT, redis::cmd("PING").query_async::<()>(&mut warm)).await;
+        });
         self.current.store(Some(Arc::new(master)));
         match previous.as_ref() {
             Some(old) => {
@@ -268,6 +353,64 @@ impl Shared {
         let connection =
             ConnectionManager::new_lazy_with_config(client.clone(), nodes::manager_config(self.timeout))?;
         Ok(Master { address: address.clone(), client, connection })
+    }
+}
+
+/// Asks the master's replicas every `PROMOTION_POLL` whether one of them took over (see the
+/// module doc), and the master for its replication id and its replicas. The replicas are asked
+/// first, so a master that is frozen or gone delays nothing; its last answer is kept.
+async fn watch_promotions(shared: Arc<Shared>, heard: mpsc::Sender<Heard>) {
+    let mut connections: HashMap<NodeAddress, MultiplexedConnection> = HashMap::new();
+    // The master as it last answered: where, its replication id, its replicas.
+    let mut known: Option<(NodeAddress, String, Vec<NodeAddress>)> = None;
+    loop {
+        tokio::time::sleep(PROMOTION_POLL).await;
+        let Some(master) = shared.current.load_full() else { continue };
+        if known.as_ref().is_some_and(|(address, ..)| *address != master.address) {
+            known = None;
+        }
+        if let Some((_, id, replicas)) = &known {
+            for replica in replicas {
+                let Some(info) = ask_replication(&mut connections, replica, &shared.group.auth).await else {
+                    continue;
+                };
+                if info.is_master() && info.field("master_replid2") == Some(id.as_str()) {
+                    let promoted = Heard::Promoted { address: replica.clone(), predecessor: id.clone() };
+                    let _ = heard.send(promoted).await;
+                    known = None;
+                    break;
+                }
+            }
+        }
+        if let Some(info) = ask_replication(&mut connections, &master.address, &shared.group.auth).await {
+            if let (true, Some(id)) = (info.is_master(), info.field("master_replid")) {
+                known = Some((master.address.clone(), id.to_string(), info.replicas()));
+            }
+        }
+    }
+}
+
+/// `INFO replication` of `node`, over a connection kept for the next time (dropped on error).
+async fn ask_replication(
+    connections: &mut HashMap<NodeAddress, MultiplexedConnection>,
+    node: &NodeAddress,
+    auth: &RedisAuth,
+) -> Option<Replication> {
+    let connection = match connections.get_mut(node) {
+        Some(connection) => connection,
+        None => {
+            let info = nodes::node_info(node, auth).ok()?;
+            let connection =
+                tokio::time::timeout(ASK_TIMEOUT, nodes::connect(info, ASK_TIMEOUT)).await.ok()?.ok()?;
+            connections.entry(node.clone()).or_insert(connection)
+        }
+    };
+    match tokio::time::timeout(ASK_TIMEOUT, replication(connection)).await {
+        Ok(Ok(info)) => Some(info),
+        _ => {
+            connections.remove(node);
+            None
+        }
     }
 }
 
@@ -334,5 +477,31 @@ mod tests {
         assert_eq!(moved, Some(NodeAddress { host: "127.0.0.1".into(), port: 7002 }));
         assert_eq!(switched_to("other 127.0.0.1 7001 127.0.0.1 7002", "keygate"), None);
         assert_eq!(switched_to("keygate 127.0.0.1 7001", "keygate"), None);
+    }
+
+    #[test]
+    fn a_masters_replicas_are_read_from_its_replication_info() {
+        let info = Replication(
+            [
+                ("role", "master"),
+                ("connected_slaves", "2"),
+                ("slave0", "ip=127.0.0.1,port=7002,state=online,offset=42,lag=0"),
+                ("slave1", "ip=10.0.0.5,port=6380,state=wait_bgsave,offset=0,lag=0"),
+                ("slave_read_only", "1"),
+                ("master_replid", "8f1c"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        assert!(info.is_master());
+        let replicas = info.replicas();
+        assert_eq!(
+            replicas,
+            [
+                NodeAddress { host: "10.0.0.5".into(), port: 6380 },
+                NodeAddress { host: "127.0.0.1".into(), port: 7002 }
+            ]
+        );
     }
 }

@@ -3,13 +3,16 @@
 //! from many keys, no valid request is refused or lost. Cached keys are forwarded throughout;
 //! an uncached key may get 503 with Retry-After while the store switches, nothing worse. Once
 //! the new master serves, the gateway has followed it (`keygate_store_failovers_total`), a new
-//! key works and an invalidation is heard within a second.
+//! key works, and an invalidation published on the new master the moment it serves (the test
+//! watches the promoted node's `ROLE`) is heard within a second of that moment.
 //!
 //! Each phase prints what it measured (answers, the longest run of 503s, when new keys and
 //! invalidations worked again): `cargo nextest run --release failover:: --no-capture`.
 
 use crate::support::http;
-use crate::support::topology::{keys_cli, put_keys, Cluster, KeyWriter, SentinelGroup};
+use crate::support::topology::{
+    id_of, keys_cli, put_keys, record_commands, run_all, Cluster, KeyWriter, SentinelGroup,
+};
 use crate::support::{eventually, Gateway, Setup, Upstream};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,26 +96,108 @@ impl Load {
     }
 }
 
+/// Watches the node that is to take over: the moment it answers `ROLE` as a master, a cached
+/// key (`probe`, in that node's slots) is revoked and announced on it, and the gateway is asked
+/// for the key until it is no longer forwarded: refused as revoked, or (its cache entry gone,
+/// the slot's new master not yet known to the lookups) a 503; anything else is no sign.
+struct Promotion {
+    /// When the node began to serve as master; when the gateway stopped forwarding the probe,
+    /// and what it answered instead.
+    watcher: JoinHandle<(Instant, Option<(Instant, u16)>)>,
+}
+
+impl Promotion {
+    fn watch(port: u16, gateway: SocketAddr, probe: String) -> Promotion {
+        let watcher = std::thread::spawn(move || {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let connect = || {
+                let con = client.get_connection_with_timeout(Duration::from_secs(1)).ok()?;
+                con.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                Some(con)
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (promoted, mut con) = 'watch: loop {
+                assert!(Instant::now() < deadline, "the node on {port} never answered as a master");
+                // Again after an error: Sentinel kills a promoted replica's clients.
+                if let Some(mut con) = connect() {
+                    while let Ok(master) = is_master(&mut con) {
+                        if master {
+                            break 'watch (Instant::now(), con);
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let mut revoke = record_commands(&probe, &[("app", "acme"), ("status", "revoked")]);
+            revoke.push(redis::cmd("PUBLISH").arg("keygate:invalidate").arg(id_of(&probe)).clone());
+            match revoke.iter().try_for_each(|c| c.query::<()>(&mut con)) {
+                Ok(()) => {}
+                // Killed by Sentinel between the two: once more on a new connection.
+                Err(_) => run_all(&revoke, &mut connect().expect("the new master answers")),
+            }
+            let heard = loop {
+                let answer = http::request(gateway, "GET", "/ingest", &[("X-ApiKey", &probe)], b"");
+                match answer {
+                    Ok(r) if r.status == 403 || r.status == 503 => {
+                        assert!(r.text().contains("disabled_api_key") || r.status == 503, "{}", r.text());
+                        break Some((Instant::now(), r.status));
+                    }
+                    Ok(r) => assert_eq!(r.status, 200, "the probe key got {}", r.text()),
+                    Err(e) => panic!("a request for the probe key was lost: {e}"),
+                }
+                if promoted.elapsed() > Duration::from_secs(5) {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            (promoted, heard)
+        });
+        Promotion { watcher }
+    }
+}
+
+/// Whether the node answers `ROLE` as a master.
+fn is_master(con: &mut redis::Connection) -> redis::RedisResult<bool> {
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(con)?;
+    Ok(matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master"))
+}
+
 /// One failover under load, from just before it is set off until the gateway is checked after.
 struct Phase {
     load: Load,
     failovers_before: f64,
     started: Instant,
+    promotion: Promotion,
 }
 
 impl Phase {
-    /// Starts the load; the failover is to be set off right after.
-    fn begin(gateway: &Gateway, warm: &[String], cold: Vec<String>) -> Phase {
+    /// Starts the load and watches the node on `successor` (see [`Promotion`]) with `probe`,
+    /// a cached key in its slots; the failover is to be set off right after.
+    fn begin(gateway: &Gateway, warm: &[String], cold: Vec<String>, successor: u16, probe: &str) -> Phase {
+        let cached = eventually(Duration::from_secs(1), || gateway.with_key(probe).status == 200);
+        assert!(cached.is_some(), "the probe key, written and announced, was never forwarded");
         let failovers_before = gateway.metric("keygate_store_failovers_total");
         let load = Load::start(gateway.addr, warm, cold);
+        let promotion = Promotion::watch(successor, gateway.addr, probe.to_string());
         std::thread::sleep(Duration::from_millis(300));
-        Phase { load, failovers_before, started: Instant::now() }
+        Phase { load, failovers_before, started: Instant::now(), promotion }
     }
 
     /// Once the topology's new master serves: checks that the gateway followed it, that a new
     /// key works and an invalidation is heard within a second, and every answer of the phase.
     fn end(self, gateway: &Gateway, label: &str) {
-        let served = self.started.elapsed();
+        let agreed = self.started.elapsed();
+        let (promoted, heard) = self.promotion.watcher.join().unwrap();
+        let served = promoted - self.started;
+        let status = heard.map_or(0, |(_, status)| status);
+        let heard = heard.map(|(at, _)| at - promoted);
+        assert!(
+            heard.is_some_and(|after| after <= Duration::from_secs(1)),
+            "{label}: an invalidation published on the new master as it began to serve was heard \
+             after {heard:?}, not within a second:\n{}",
+            gateway.logs()
+        );
         let followed = eventually(Duration::from_secs(10), || {
             gateway.metric("keygate_store_failovers_total") > self.failovers_before
         });
@@ -153,11 +238,13 @@ impl Phase {
         };
         eprintln!(
             "{label}: {} answers, {} forwarded, {} uncached 503s over {window:.2?}, none refused or lost; \
-             new master serving after {served:.2?}, new keys working after {new_keys_after:.2?}, \
-             invalidations heard after {invalidations_after:.2?}",
+             new master serving after {served:.2?} (all nodes agreeing after {agreed:.2?}), \
+             an invalidation on it heard {heard:.2?} after it served (then {status}); \
+             new keys working after {new_keys_after:.2?}, invalidations heard after {invalidations_after:.2?}",
             tally.answered,
             tally.forwarded,
             tally.unavailable.len(),
+            heard = heard.unwrap(),
         );
         assert!(tally.forwarded > 0);
     }
@@ -184,16 +271,18 @@ fn sentinel_failovers_forced_and_by_a_dead_master_refuse_no_valid_key() {
     let mut group = SentinelGroup::start();
     let upstream = Upstream::start();
     let (gateway, warm, mut cold) = gateway_on(&group, &upstream, 2);
+    let probes = put_keys(&group, "probe", 2);
+    probes.iter().for_each(|probe| group.announce(probe));
 
     let old = group.master_port();
-    let phase = Phase::begin(&gateway, &warm, cold.remove(0));
+    let phase = Phase::begin(&gateway, &warm, cold.remove(0), group.replica_port(), &probes[0]);
     group.failover();
     group.wait_for_new_master(old, Duration::from_secs(20));
     phase.end(&gateway, "sentinel-forced");
 
     group.wait_until_settled();
     let old = group.master_port();
-    let phase = Phase::begin(&gateway, &warm, cold.remove(0));
+    let phase = Phase::begin(&gateway, &warm, cold.remove(0), group.replica_port(), &probes[1]);
     group.kill_master();
     group.wait_for_new_master(old, Duration::from_secs(30));
     phase.end(&gateway, "sentinel-killed");
@@ -208,15 +297,17 @@ fn cluster_failovers_forced_and_by_a_dead_master_refuse_no_valid_key() {
     let upstream = Upstream::start();
     let (gateway, warm, mut cold) = gateway_on(&cluster, &upstream, 2);
 
-    let (_, replica) = cluster.master_with_replica();
-    let phase = Phase::begin(&gateway, &warm, cold.remove(0));
+    let (master, replica) = cluster.master_with_replica();
+    let probe = cluster.key_on(master, "probe-forced");
+    let phase = Phase::begin(&gateway, &warm, cold.remove(0), replica, &probe);
     cluster.failover_to(replica);
     cluster.wait_until_master(replica, Duration::from_secs(20));
     phase.end(&gateway, "cluster-forced");
 
     cluster.wait_until_settled();
     let (master, replica) = cluster.master_with_replica();
-    let phase = Phase::begin(&gateway, &warm, cold.remove(0));
+    let probe = cluster.key_on(master, "probe-killed");
+    let phase = Phase::begin(&gateway, &warm, cold.remove(0), replica, &probe);
     cluster.kill(master);
     cluster.wait_until_master(replica, Duration::from_secs(30));
     phase.end(&gateway, "cluster-killed");

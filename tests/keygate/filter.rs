@@ -204,3 +204,90 @@ fn while_announcements_cannot_arrive_the_filter_steps_aside_and_an_unannounced_k
     assert_eq!(gateway.metric("keygate_filter_rejections_total"), rejections + 1.0);
     assert_eq!(gateway.metric(not_found), asked, "the random key was looked up in the store");
 }
+
+/// How long the store stays frozen: past the 3 s in which a ping timeout used to end the
+/// subscription (a ping a second, 2 s to answer), so a gateway that still took silence for a
+/// gap would have stepped aside by the end of it.
+const FROZEN_FOR: Duration = Duration::from_secs(4);
+
+#[test]
+fn while_the_store_is_frozen_the_filter_keeps_refusing_what_it_excludes_and_the_rest_is_a_503() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    write_valid_keys(&redis);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    let rebuilt = r#"keygate_filter_rebuilds_total{result="ok"}"#;
+    let rebuilds = gateway.metric(rebuilt);
+
+    redis.freeze();
+    let frozen = std::time::Instant::now();
+    let mut refused = 0;
+    while frozen.elapsed() < FROZEN_FOR {
+        // A key no one wrote: the filter's last view is exact, since nothing can be published
+        // on a frozen store, so it is still refused, at once, without a store read.
+        let key = random_key();
+        gateway.uses_key(&key);
+        gateway.with_key(&key).assert_rejected(403, "unknown_api_key");
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused >= 20);
+    assert_eq!(
+        gateway.metric("keygate_filter_trusted"),
+        1.0,
+        "the frozen store's silence was taken for a gap"
+    );
+    // A valid key the filter holds but the cache does not: only the store can say, and it is frozen.
+    for n in 0..3 {
+        let response = gateway.with_key(&valid_key(n));
+        response.assert_rejected(503, "key_store_unavailable");
+        assert!(response.retry_after() >= 1);
+    }
+    assert!(!gateway.logs().contains("invalidation subscription lost"), "{}", gateway.logs());
+
+    redis.thaw();
+    let served = eventually(Duration::from_secs(3), || gateway.with_key(&valid_key(0)).status == 200);
+    assert!(served.is_some(), "the thawed store was not asked again");
+    assert_eq!(gateway.with_key(&valid_key(1)).status, 200);
+    gateway.with_key(&random_key()).assert_rejected(403, "unknown_api_key");
+    // The same subscription, kept through the freeze, hears the next announcement within a second.
+    redis.put_key("written-after-the-thaw", &[("app", "acme")]);
+    redis.announce("written-after-the-thaw");
+    let heard =
+        eventually(Duration::from_secs(1), || gateway.with_key("written-after-the-thaw").status == 200);
+    assert!(heard.is_some(), "an announcement after the thaw was not heard within a second");
+    assert!(!gateway.logs().contains("invalidation subscription lost"), "{}", gateway.logs());
+    assert_eq!(gateway.metric(rebuilt), rebuilds, "the filter was rebuilt: a gap was seen");
+    assert_eq!(gateway.metric("keygate_filter_trusted"), 1.0);
+}
+
+#[test]
+fn once_the_store_is_killed_the_filter_steps_aside_and_no_valid_key_is_refused() {
+    let (mut redis, upstream) = (Redis::start(), Upstream::start());
+    write_valid_keys(&redis);
+    let gateway = Setup::redis(&redis, &upstream).start();
+    gateway.with_key(&random_key()).assert_rejected(403, "unknown_api_key");
+
+    redis.kill();
+    let must_retry = |key: &str| {
+        let response = gateway.with_key(key);
+        response.assert_rejected(503, "key_store_unavailable");
+        assert!(response.retry_after() >= 1);
+    };
+    // Valid keys, uncached, from the first moment on: retryable, never refused.
+    for n in 0..10 {
+        must_retry(&valid_key(n));
+    }
+    // The closed connection is a gap: announcements may be missed from now on, so the filter
+    // steps aside, and a key it would have excluded is a store read too (a 503 now).
+    let untrusted =
+        eventually(Duration::from_secs(2), || gateway.try_metric("keygate_filter_trusted") == Some(0.0));
+    assert!(untrusted.is_some(), "the filter stayed trusted with the subscription gone");
+    let rejections = gateway.metric("keygate_filter_rejections_total");
+    for n in 0..10 {
+        let key = random_key();
+        gateway.uses_key(&key);
+        must_retry(&key);
+        must_retry(&valid_key(10 + n));
+    }
+    assert_eq!(gateway.metric("keygate_filter_rejections_total"), rejections);
+}

@@ -156,8 +156,8 @@ fn store_errors_are_never_answered_401_or_403() {
         let status = gateway.with_key(&format!("valid-{n}")).status;
         assert_eq!(status, 503, "an uncached valid key during an outage is retryable, not refused");
     }
-    // Once the gateway has seen the store fail, even keys outside the filter are not refused:
-    // the filter only speaks while the store does.
+    // Once the gateway has seen the store die, even keys outside the filter are not refused:
+    // its subscription closed with it, announcements may be missed, and the filter steps aside.
     for n in 0..20 {
         assert_eq!(gateway.with_key(&format!("never-written-{n}")).status, 503);
     }

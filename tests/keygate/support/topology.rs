@@ -39,7 +39,7 @@ pub trait KeyWriter {
 }
 
 /// DEL and HSET of a key's record.
-fn record_commands(key: &str, fields: &[(&str, &str)]) -> Vec<redis::Cmd> {
+pub fn record_commands(key: &str, fields: &[(&str, &str)]) -> Vec<redis::Cmd> {
     let name = record_name(key);
     let mut hset = redis::cmd("HSET");
     hset.arg(&name);
@@ -49,7 +49,7 @@ fn record_commands(key: &str, fields: &[(&str, &str)]) -> Vec<redis::Cmd> {
     vec![redis::cmd("DEL").arg(&name).clone(), hset]
 }
 
-fn run_all(commands: &[redis::Cmd], con: &mut dyn redis::ConnectionLike) {
+pub fn run_all(commands: &[redis::Cmd], con: &mut dyn redis::ConnectionLike) {
     for command in commands {
         let _: () = command.query(con).unwrap();
     }
@@ -260,6 +260,12 @@ impl SentinelGroup {
             .unwrap();
     }
 
+    /// The port of a data node that is not the master (the replica, before a failover).
+    pub fn replica_port(&self) -> u16 {
+        let master = self.master_port();
+        self.nodes.iter().find(|n| n.is_running() && n.port != master).expect("a replica runs").port
+    }
+
     /// Kills the master's process.
     pub fn kill_master(&mut self) {
         let port = self.master_port();
@@ -389,6 +395,22 @@ impl Cluster {
             })
         });
         assert!(promoted.is_some(), "the node on {port} never became a master");
+    }
+
+    /// Writes and announces a key named `{stem}-{n}` (app `acme`) whose slot the master on
+    /// `port` serves.
+    pub fn key_on(&self, port: u16, stem: &str) -> String {
+        let mut master = self.node(port).connection();
+        for n in 0..1000 {
+            let key = format!("{stem}-{n}");
+            // A key of another master's slots is a MOVED error here.
+            if redis::cmd("EXISTS").arg(record_name(&key)).query::<u64>(&mut master).is_ok() {
+                self.put_key(&key, &[("app", "acme")]);
+                self.announce(&key);
+                return key;
+            }
+        }
+        panic!("no key of the master on {port}'s slots")
     }
 
     /// How many keys each master holds (the masters that hold any, by port).
