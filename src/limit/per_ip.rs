@@ -74,8 +74,21 @@ impl IpLimiter {
 
 impl<C: Clock<Instant = Nanos>> IpLimiter<C> {
     pub fn with_clock(rate: Rate, max_addresses: usize, clock: C) -> Self {
+        IpLimiter::counting(rate, max_addresses, clock, CountEvictions::default())
+    }
+
+    /// The limiter that replaces `previous` for another rate or bound: it holds no address
+    /// yet, but its count of addresses forgotten early goes on from `previous`'s (it is
+    /// exported as a counter, which must never go down across a reload).
+    pub fn succeeding(previous: &Self, rate: Rate, max_addresses: usize) -> Self
+    where
+        C: Clone,
+    {
+        IpLimiter::counting(rate, max_addresses, previous.clock.clone(), previous.forgotten_early.clone())
+    }
+
+    fn counting(rate: Rate, max_addresses: usize, clock: C, forgotten_early: CountEvictions) -> Self {
         let interval = (1e9 / rate.per_second).round().max(1.0) as u64;
-        let forgotten_early = CountEvictions::default();
         IpLimiter {
             rate,
             interval,
@@ -173,7 +186,8 @@ impl<C: Clock<Instant = Nanos>> IpLimiter<C> {
         self.addresses.load().len()
     }
 
-    /// Addresses forgotten since start to keep within `max_addresses`.
+    /// Addresses forgotten since start to keep within `max_addresses`, by this limiter and
+    /// those it succeeded.
     pub fn forgotten_early(&self) -> u64 {
         self.forgotten_early.0.load(Ordering::Relaxed)
     }

@@ -1,24 +1,34 @@
 //! What clients send cannot grow the gateway without bound: a flood from more distinct
-//! addresses than `max_addresses` is held to it, counted, and valid keys keep being answered.
+//! addresses than `max_addresses` is held to it, counted, and valid keys keep being answered;
+//! a flood of unknown keys is held to `negative_capacity`.
 
-use crate::support::{Redis, Setup, Upstream};
+use crate::support::{Gateway, Redis, Setup, Upstream};
 
-#[test]
-fn a_flood_from_more_addresses_than_the_bound_is_held_to_it_and_valid_keys_still_pass() {
-    let (redis, upstream) = (Redis::start(), Upstream::start());
-    redis.put_key("valid-key", &[("app", "acme")]);
-    let gateway = Setup::redis(&redis, &upstream)
-        .extra("rate_limit:\n  per_second: 1000\n  burst: 1000\n  unauthenticated_per_ip: {per_second: 1, burst: 2, max_addresses: 100}")
-        .extra("trusted_proxies: [127.0.0.1/32]")
-        .start();
-    assert_eq!(gateway.with_key("valid-key").status, 200);
-
-    // 1000 addresses (behind the trusted proxy), each sending a request without a key.
-    for n in 0..1000u32 {
+/// Sends one keyless request from each of `count` addresses from the `from`th on (behind the
+/// trusted proxy), each answered 401 (its first request, within its burst).
+fn flood_addresses(gateway: &Gateway, from: u32, count: u32) {
+    for n in from..from + count {
         let client = format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, n & 255);
         let response = gateway.get("/ingest", &[("X-Forwarded-For", client.as_str())]);
         response.assert_rejected(401, "missing_api_key");
     }
+}
+
+fn flooded_gateway(redis: &Redis, upstream: &Upstream) -> Gateway {
+    redis.put_key("valid-key", &[("app", "acme")]);
+    Setup::redis(redis, upstream)
+        .extra("rate_limit:\n  per_second: 1000\n  burst: 1000\n  unauthenticated_per_ip: {per_second: 1, burst: 2, max_addresses: 100}")
+        .extra("trusted_proxies: [127.0.0.1/32]")
+        .start()
+}
+
+#[test]
+fn a_flood_from_more_addresses_than_the_bound_is_held_to_it_and_valid_keys_still_pass() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = flooded_gateway(&redis, &upstream);
+    assert_eq!(gateway.with_key("valid-key").status, 200);
+
+    flood_addresses(&gateway, 0, 1000);
     let held = gateway.metric("keygate_ip_limiter_addresses");
     assert!((1.0..=100.0).contains(&held), "{held} addresses held, bound 100");
     let forgotten = gateway.metric("keygate_ip_limiter_forgotten_total");
@@ -29,4 +39,51 @@ fn a_flood_from_more_addresses_than_the_bound_is_held_to_it_and_valid_keys_still
     assert_eq!(gateway.get("/ingest", &[("X-Forwarded-For", last)]).status, 401);
     assert_eq!(gateway.get("/ingest", &[("X-Forwarded-For", last)]).status, 429);
     gateway.assert_no_key_in_logs(&["valid-key"]);
+}
+
+/// A reload with another bound starts a fresh limiter; the counter of addresses forgotten
+/// early is a Prometheus counter, so it goes on from where it was instead of dropping to 0.
+#[test]
+fn the_forgotten_count_goes_on_through_a_reload_that_builds_a_new_limiter() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = flooded_gateway(&redis, &upstream);
+    flood_addresses(&gateway, 0, 300);
+    let before = gateway.metric("keygate_ip_limiter_forgotten_total");
+    assert!(before >= 200.0, "{before} addresses forgotten early");
+
+    gateway.reload(|yaml| yaml.replace("max_addresses: 100", "max_addresses: 50"));
+    // The new limiter holds nothing yet (the old one held up to 100): it is a new one.
+    assert_eq!(gateway.metric("keygate_ip_limiter_addresses"), 0.0, "the limiter was not replaced");
+    assert_eq!(gateway.metric("keygate_ip_limiter_forgotten_total"), before, "the counter moved");
+
+    flood_addresses(&gateway, 300, 300);
+    let after = gateway.metric("keygate_ip_limiter_forgotten_total");
+    assert!(after >= before + 250.0, "{after} forgotten after {before} and 300 more addresses");
+    assert!(gateway.metric("keygate_ip_limiter_addresses") <= 50.0);
+    assert_eq!(gateway.with_key("valid-key").status, 200);
+    gateway.assert_no_key_in_logs(&["valid-key"]);
+}
+
+/// Guarantee 5's bound: a flood of distinct unknown keys holds at most `negative_capacity` of
+/// them, and the known key stays cached (no store read for it afterwards).
+#[test]
+fn a_flood_of_unknown_keys_is_held_to_negative_capacity_and_never_evicts_a_known_key() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra("cache: {negative_capacity: 50}\nfilter: {enabled: false}")
+        .extra("rate_limit:\n  unauthenticated_per_ip: {per_second: 100000, burst: 100000}")
+        .start();
+    assert_eq!(gateway.with_key("valid-key").status, 200);
+    let mut most = 0.0f64;
+    for n in 0..600 {
+        gateway.with_key(&format!("unknown-key-{n:04}")).assert_rejected(403, "unknown_api_key");
+        most = most.max(gateway.metric(r#"keygate_cache_entries{kind="negative"}"#));
+    }
+    assert!((1.0..=50.0).contains(&most), "{most} unknown keys held, bound 50");
+    assert!(redis.reads() >= 600, "the unknown keys never reached the store: {}", redis.reads());
+    redis.reset_stats();
+    assert_eq!(gateway.with_key("valid-key").status, 200);
+    assert_eq!(redis.reads(), 0, "the flood evicted the known key");
+    assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="positive"}"#), 1.0);
 }
