@@ -87,3 +87,41 @@ fn a_flood_of_unknown_keys_is_held_to_negative_capacity_and_never_evicts_a_known
     assert_eq!(redis.reads(), 0, "the flood evicted the known key");
     assert_eq!(gateway.metric(r#"keygate_cache_entries{kind="positive"}"#), 1.0);
 }
+
+/// Resident memory of a process, in bytes.
+fn resident(pid: u32) -> usize {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()).unwrap_or(0) * 4096
+}
+
+/// The access log's writer is stalled (a pipe nobody reads, as a hung disk would): its queue
+/// holds at most 8 MiB of lines however long the paths clients send, drops and counts the
+/// rest, and requests keep being answered meanwhile.
+#[test]
+fn a_stalled_access_log_queues_a_bounded_number_of_bytes_and_requests_go_on() {
+    const REQUESTS: usize = 2000;
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("valid-key", &[("app", "acme")]);
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("access.pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&pipe).status().unwrap().success());
+    // Read-write, so opening it does not wait for the gateway; never read: the pipe fills.
+    let stalled = std::fs::OpenOptions::new().read(true).write(true).open(&pipe).unwrap();
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra(&format!("access_log: {{path: {}, rejections_per_second: 100000}}", pipe.display()))
+        .extra("rate_limit:\n  unauthenticated_per_ip: {per_second: 100000, burst: 100000}")
+        .start();
+    let before = resident(gateway.pid());
+    // Each line holds its 16 KiB path (32 KiB allocated): 2000 of them are 64 MiB of lines.
+    let path = format!("/ingest/{}", "p".repeat(16 << 10));
+    for _ in 0..REQUESTS {
+        gateway.get(&path, &[]).assert_rejected(401, "missing_api_key");
+    }
+    let skipped = gateway.settled_metric("keygate_access_log_skipped_total", REQUESTS as f64);
+    // At most 8 MiB / 32 KiB = 256 lines queued, a few more in the pipe and the writer's hands.
+    assert!(skipped >= (REQUESTS - 300) as f64, "only {skipped} of {REQUESTS} lines dropped");
+    let grown = resident(gateway.pid()).saturating_sub(before);
+    assert!(grown < 24 << 20, "resident memory grew {} MiB", grown >> 20);
+    assert_eq!(gateway.with_key("valid-key").status, 200, "a valid key is still answered");
+    drop(stalled);
+}
