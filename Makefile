@@ -5,8 +5,8 @@
 #               module, systemd (for systemd-analyze)
 #   make test   lint, compile the benches and the fuzz crate, then every test (what CI runs)
 #   make lint   rustfmt check and clippy with warnings denied
-#   make bench  criterion micro-benchmarks, the memory figure, and benches/e2e.sh (wrk against
-#               a Pingora pass-through and nginx)
+#   make bench  criterion micro-benchmarks, the memory figure, benches/e2e.sh (wrk against
+#               a Pingora pass-through and nginx) and benches/flood.sh (memory through floods)
 #   make fuzz   cargo-fuzz on key extraction and config parsing (nightly; FUZZ_SECONDS each)
 #   make soak   benches/soak.sh: 10 minutes at 60% load with Redis faults (not in CI)
 
@@ -67,6 +67,7 @@ bench: deps
 	$(CARGO) bench --bench memory
 	$(CARGO) build $(PROFILE) --bin keygate --example passthrough
 	benches/e2e.sh
+	benches/flood.sh
 
 # Fuzzing (nightly, not in CI): FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 120
