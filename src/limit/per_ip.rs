@@ -200,12 +200,14 @@ fn fresh(max_addresses: usize, expected: usize, evictions: &CountEvictions) -> A
         Cache::with(expected, capacity, UnitWeighter, DefaultHashBuilder::default(), evictions.clone())
     };
     // The cache splits its capacity over its shards rounding up, so it may hold a few more
-    // than asked; asked again for that much less, it holds at most `max_addresses`.
+    // than asked; asked for a multiple of its shards (as many: it expects as many entries), it
+    // holds at most `max_addresses`.
     let bound = max_addresses as u64;
     let first = make(bound);
-    match first.capacity().saturating_sub(bound) {
-        0 => first,
-        excess => make(bound.saturating_sub(excess).max(1)),
+    let shards = first.num_shards() as u64;
+    match first.capacity() > bound {
+        false => first,
+        true => make((bound - bound % shards).max(1)),
     }
 }
 

@@ -136,3 +136,13 @@ fn a_successor_starts_empty_and_counts_on_from_its_predecessor() {
     flood(&next, 1000);
     assert!(next.forgotten_early() >= before + 800, "{} after {before}", next.forgotten_early());
 }
+
+#[test]
+fn the_bound_is_exact_for_any_max_addresses() {
+    for max_addresses in [1, 7, 100, 500, 999, 1000, 4097, 100_001, 1_000_000] {
+        let limiter = IpLimiter::new(Rate { per_second: 1.0, burst: 2 }, max_addresses);
+        let held = limiter.addresses.load().capacity();
+        assert!(held <= max_addresses as u64, "{held} held for a max_addresses of {max_addresses}");
+        assert!(held + 64 >= max_addresses as u64, "only {held} held for {max_addresses}");
+    }
+}
