@@ -83,7 +83,7 @@ mod tests {
         for n in 0..100u8 {
             for _ in 0..3 {
                 let flights = Arc::clone(&flights);
-                waiting.push(tokio::spawn(async move { flights.join(id(n), || pending::<u32>()).await }));
+                waiting.push(tokio::spawn(async move { flights.join(id(n), pending::<u32>).await }));
             }
         }
         while flights.len() < 100 {
