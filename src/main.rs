@@ -26,13 +26,14 @@ const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Memory a flood took comes back once it is over. mimalloc returns freed memory to the system
 /// a delay (1 s) after it was freed, but only when some thread next calls into it: a worker
-/// that goes idle after a flood never does, and its share stayed resident (33 MiB after each
-/// 5 s flood at 100k req/s, for as long as the gateway then idled). So a thread of ours asks
-/// mimalloc each second to purge what is past its delay (`mi_collect(false)`, not forced: what
-/// was freed under a second ago, perhaps to be reused at once, stays). Then it comes back
-/// within about 2 s, to within 2-5 MiB of idle. Not `MIMALLOC_PURGE_DELAY=0` instead: that
-/// purges on every free, in the request path, and cost the flood's requests up to twice the
-/// CPU in an interleaved comparison (README, Sizing).
+/// that goes idle after a flood never does, and its share stayed resident until some later
+/// call happened to purge it (33 MiB over idle after each 5 s flood at 100k req/s in
+/// `benches/flood.sh`; in `tests/keygate/memory_bounds.rs`, all of it still 10 s after the
+/// sweep). So a thread of ours asks mimalloc each second to purge what is past its delay
+/// (`mi_collect(false)`, not forced: what was freed under a second ago, perhaps to be reused
+/// at once, stays). Then it comes back within about 2 s, to within 2-5 MiB of idle. Not
+/// `MIMALLOC_PURGE_DELAY=0` instead: that purges on every free, in the request path, and cost
+/// the flood's requests up to twice the CPU in an interleaved comparison (README, Sizing).
 #[cfg(feature = "mimalloc")]
 fn give_memory_back() {
     let purge = || {

@@ -2,7 +2,9 @@
 //! addresses than `max_addresses` is held to it, counted, and valid keys keep being answered;
 //! a flood of unknown keys is held to `negative_capacity`.
 
-use crate::support::{Gateway, Redis, Setup, Upstream};
+use crate::support::http::Connection;
+use crate::support::{eventually, Gateway, Redis, Setup, Upstream};
+use std::time::Duration;
 
 /// Sends one keyless request from each of `count` addresses from the `from`th on (behind the
 /// trusted proxy), each answered 401 (its first request, within its burst).
@@ -14,10 +16,11 @@ fn flood_addresses(gateway: &Gateway, from: u32, count: u32) {
     }
 }
 
-fn flooded_gateway(redis: &Redis, upstream: &Upstream) -> Gateway {
+/// A gateway behind a trusted proxy whose per-IP limiter holds at most `max_addresses`.
+fn flooded_gateway(redis: &Redis, upstream: &Upstream, max_addresses: u32) -> Gateway {
     redis.put_key("valid-key", &[("app", "acme")]);
     Setup::redis(redis, upstream)
-        .extra("rate_limit:\n  per_second: 1000\n  burst: 1000\n  unauthenticated_per_ip: {per_second: 1, burst: 2, max_addresses: 100}")
+        .extra(&format!("rate_limit:\n  per_second: 1000\n  burst: 1000\n  unauthenticated_per_ip: {{per_second: 1, burst: 2, max_addresses: {max_addresses}}}"))
         .extra("trusted_proxies: [127.0.0.1/32]")
         .start()
 }
@@ -25,7 +28,7 @@ fn flooded_gateway(redis: &Redis, upstream: &Upstream) -> Gateway {
 #[test]
 fn a_flood_from_more_addresses_than_the_bound_is_held_to_it_and_valid_keys_still_pass() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
-    let gateway = flooded_gateway(&redis, &upstream);
+    let gateway = flooded_gateway(&redis, &upstream, 100);
     assert_eq!(gateway.with_key("valid-key").status, 200);
 
     flood_addresses(&gateway, 0, 1000);
@@ -46,7 +49,7 @@ fn a_flood_from_more_addresses_than_the_bound_is_held_to_it_and_valid_keys_still
 #[test]
 fn the_forgotten_count_goes_on_through_a_reload_that_builds_a_new_limiter() {
     let (redis, upstream) = (Redis::start(), Upstream::start());
-    let gateway = flooded_gateway(&redis, &upstream);
+    let gateway = flooded_gateway(&redis, &upstream, 100);
     flood_addresses(&gateway, 0, 300);
     let before = gateway.metric("keygate_ip_limiter_forgotten_total");
     assert!(before >= 200.0, "{before} addresses forgotten early");
@@ -124,4 +127,56 @@ fn a_stalled_access_log_queues_a_bounded_number_of_bytes_and_requests_go_on() {
     assert!(grown < 24 << 20, "resident memory grew {} MiB", grown >> 20);
     assert_eq!(gateway.with_key("valid-key").status, 200, "a valid key is still answered");
     drop(stalled);
+}
+
+/// Sends one keyless request from each of `count` new addresses from the `from`th on, over a
+/// few kept-alive connections at once: a flood at what this machine allows.
+fn flood_fast(gateway: &Gateway, from: u32, count: u32) {
+    const CONNECTIONS: u32 = 6;
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|first| {
+            let addr = gateway.addr;
+            std::thread::spawn(move || {
+                let mut connection = Connection::open(addr).unwrap();
+                for n in (from + first..from + count).step_by(CONNECTIONS as usize) {
+                    let client = format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, n & 255);
+                    let response = connection.request("GET", "/ingest", &[("X-Forwarded-For", &client)], b"");
+                    assert_eq!(response.unwrap().status, 401);
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|s| s.join().unwrap());
+}
+
+/// What a flood of new addresses took goes back within seconds of the sweep that forgot them
+/// (the map is replaced, and the allocator is asked each second to give freed memory back),
+/// and a second flood leaves memory where the first did: floods do not ratchet it up.
+#[test]
+fn memory_a_flood_took_is_given_back_and_a_second_flood_leaves_it_where_the_first_did() {
+    const ADDRESSES: u32 = 150_000;
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = flooded_gateway(&redis, &upstream, 1_000_000);
+    let pid = gateway.pid();
+    assert_eq!(gateway.with_key("valid-key").status, 200);
+    let idle = resident(pid);
+    let mut after = Vec::new();
+    for flood in 0..2 {
+        flood_fast(&gateway, flood * ADDRESSES, ADDRESSES);
+        let grown = resident(pid).saturating_sub(idle);
+        // 150k addresses in the limiter alone are over 5 MiB (33-59 B each).
+        assert!(grown > 4 << 20, "the flood grew memory by {} KiB only: nothing to tell", grown >> 10);
+        let swept =
+            eventually(Duration::from_secs(25), || gateway.metric("keygate_ip_limiter_addresses") == 0.0);
+        assert!(swept.is_some(), "the sweep never forgot the flood's addresses");
+        // Within seconds of the sweep, not whenever the allocator next happens to be called:
+        // without being asked, it kept all of it past this wait.
+        let back = eventually(Duration::from_secs(5), || resident(pid).saturating_sub(idle) < grown / 2);
+        let kept = resident(pid).saturating_sub(idle);
+        assert!(back.is_some(), "flood {flood}: {} KiB of {} kept", kept >> 10, grown >> 10);
+        after.push(resident(pid));
+        assert_eq!(gateway.with_key("valid-key").status, 200, "a valid key is still answered");
+    }
+    let ratchet = after[1].saturating_sub(after[0]);
+    assert!(ratchet < 4 << 20, "the second flood left {} KiB more than the first", ratchet >> 10);
 }
