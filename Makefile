@@ -7,9 +7,10 @@
 #   make lint   rustfmt check and clippy with warnings denied
 #   make bench  criterion micro-benchmarks (the real decision), the memory figure,
 #               benches/e2e.sh (wrk against keygate's floors: a Pingora pass-through and
-#               Pingora's cheapest rejection, built as keygate is; nginx beside them) and
-#               benches/slowloris.sh (valid keys under a slowloris attack); every wrk run checks
-#               its answers and fails the bench on a wrong one
+#               Pingora's cheapest rejection, built as keygate is; nginx beside them),
+#               benches/slowloris.sh (valid keys under a slowloris attack) and
+#               benches/flood.sh (memory through three floods); every wrk run checks its
+#               answers and fails the bench on a wrong one
 #   make fuzz   cargo-fuzz on key extraction and config parsing (nightly; FUZZ_SECONDS each)
 #   make soak   benches/soak.sh: 10 minutes at 60% load with Redis faults (not in CI)
 
@@ -71,6 +72,7 @@ bench: deps
 	$(CARGO) build $(PROFILE) --bin keygate --example passthrough --example passthrough_reject
 	benches/e2e.sh
 	benches/slowloris.sh
+	benches/flood.sh
 
 # Fuzzing (nightly, not in CI): FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 120

@@ -1,7 +1,7 @@
 //! The access log: one JSON line per request, to stderr or a file.
 //!
-//! Lines are handed to a writer thread over a bounded channel, so a slow disk never holds up a
-//! request; when the channel is full the line is dropped and counted. Forwarded requests are
+//! Lines are handed to a writer thread over a bounded queue, so a slow disk never holds up a
+//! request; when the queue is full (in lines or in bytes) the line is dropped and counted. Forwarded requests are
 //! always logged; rejections are sampled under `rejections_per_second`, so an attack cannot
 //! flood the disk. Never a key: the path is logged without its query string.
 //!
@@ -17,13 +17,17 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lines waiting for the writer; past this a burst is dropped rather than queued.
 const QUEUE: usize = 16_384;
+/// Bytes waiting for the writer, at most: a line holds a client's path, which may be as long
+/// as a request head (1 MiB in Pingora), so the count of lines alone would let a stalled disk
+/// hold gigabytes. 8 MiB is 30,000 lines of a usual length: the line bound comes first then.
+const QUEUE_BYTES: usize = 8 << 20;
 /// How often the writer flushes while lines keep coming.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
@@ -42,6 +46,8 @@ pub struct Entry<'a> {
 
 pub struct AccessLog {
     lines: SyncSender<String>,
+    /// The bytes of the lines queued now (their allocations), kept under `QUEUE_BYTES`.
+    queued: Arc<AtomicUsize>,
     /// Asks the writer to open its file again, before its next line.
     reopen: Arc<AtomicBool>,
     rejections: DefaultDirectRateLimiter,
@@ -56,13 +62,15 @@ impl AccessLog {
         let sink = Sink::open(config.path.clone())?;
         let (lines, queue) = sync_channel(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
-        let asked = Arc::clone(&reopen);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (asked, written) = (Arc::clone(&reopen), Arc::clone(&queued));
         std::thread::Builder::new()
             .name("keygate-access-log".into())
-            .spawn(move || write_lines(queue, sink, &asked))?;
+            .spawn(move || write_lines(queue, sink, &asked, &written))?;
         let per_second = NonZeroU32::new(config.rejections_per_second).unwrap_or(NonZeroU32::MIN);
         Ok(AccessLog {
             lines,
+            queued,
             reopen,
             rejections: DefaultDirectRateLimiter::direct(Quota::per_second(per_second)),
             skipped,
@@ -79,9 +87,17 @@ impl AccessLog {
             self.skipped.inc();
             return;
         }
-        match self.lines.try_send(format_line(entry, SystemTime::now())) {
+        let line = format_line(entry, SystemTime::now());
+        let bytes = line.capacity();
+        if self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.skipped.inc();
+            return;
+        }
+        match self.lines.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(bytes, Ordering::Relaxed);
                 self.skipped.inc();
             }
         }
@@ -116,7 +132,7 @@ impl Sink {
     }
 }
 
-fn write_lines(queue: Receiver<String>, mut sink: Sink, reopen: &AtomicBool) {
+fn write_lines(queue: Receiver<String>, mut sink: Sink, reopen: &AtomicBool, queued: &AtomicUsize) {
     loop {
         let next = queue.recv_timeout(FLUSH_EVERY);
         if reopen.swap(false, Ordering::Relaxed) {
@@ -126,6 +142,7 @@ fn write_lines(queue: Receiver<String>, mut sink: Sink, reopen: &AtomicBool) {
         match next {
             Ok(line) => {
                 let _ = out.write_all(line.as_bytes());
+                queued.fetch_sub(line.capacity(), Ordering::Relaxed);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let _ = out.flush();

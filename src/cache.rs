@@ -65,7 +65,7 @@ impl KeyCache {
     pub fn new(config: &CacheConfig) -> Self {
         KeyCache {
             known: Cache::new(config.capacity),
-            unknown: Cache::new(config.negative_capacity),
+            unknown: at_most(config.negative_capacity),
             origin: Instant::now(),
             epoch: AtomicU64::new(0),
         }
@@ -182,6 +182,25 @@ impl KeyCache {
 
     pub fn unknown_len(&self) -> usize {
         self.unknown.len()
+    }
+}
+
+/// A cache that holds at most `capacity` entries: the one for unknown keys, which clients fill
+/// at will. quick_cache splits its capacity over its shards rounding up, so it may hold a few
+/// more than asked; asked for a multiple of its shards (as many, since it expects as many
+/// entries), it holds at most `capacity`.
+fn at_most<V: Clone>(capacity: usize) -> Cache<KeyId, V> {
+    let first = Cache::new(capacity);
+    let (bound, shards) = (capacity as u64, first.num_shards() as u64);
+    match first.capacity() > bound {
+        false => first,
+        true => Cache::with(
+            capacity,
+            (bound - bound % shards).max(1),
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        ),
     }
 }
 

@@ -26,8 +26,9 @@ pub struct Settings {
     pub config: Config,
     /// Whose address a request is charged to (`trusted_proxies`).
     pub client_address: ClientAddress,
-    /// The per-IP limiter. Runtime state, but its rate is fixed when built: a snapshot with the
-    /// same rate carries the previous one over, state and all.
+    /// The per-IP limiter. Runtime state, but its rate and bound are fixed when built: a
+    /// snapshot with the same ones carries the previous one over, state and all; another one
+    /// starts empty and carries over only the count of addresses forgotten early.
     pub ip_limiter: Arc<IpLimiter>,
     /// The store, and how a lookup uses it.
     pub lookup: Arc<LookupSettings>,
@@ -74,7 +75,11 @@ impl Settings {
             && self.ip_limiter.max_addresses() == limits.max_addresses;
         let ip_limiter = match same_limiter {
             true => Arc::clone(&self.ip_limiter),
-            false => Arc::new(ip_limiter(&config)),
+            false => Arc::new(IpLimiter::succeeding(
+                &self.ip_limiter,
+                limits.unauthenticated_per_ip,
+                limits.max_addresses,
+            )),
         };
         Ok((Settings::assemble(config, store, ip_limiter), change))
     }

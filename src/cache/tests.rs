@@ -179,3 +179,21 @@ async fn keys_confirmed_together_come_up_for_refresh_spread_over_a_tenth_of_the_
     tokio::time::advance(Duration::from_secs(15)).await;
     assert_eq!(fresh(&c), 0);
 }
+
+/// Guarantee 5's bound is exact: the unknown keys held never exceed `negative_capacity`, for
+/// any capacity (the cache splits it over its shards).
+#[test]
+fn unknown_keys_held_never_exceed_negative_capacity() {
+    for negative_capacity in [1, 7, 50, 100, 999, 1000, 4097, 100_000, 1_000_000] {
+        let c = cache(10, negative_capacity);
+        let held = c.unknown.capacity();
+        assert!(
+            held <= negative_capacity as u64,
+            "{held} held for a negative_capacity of {negative_capacity}"
+        );
+        for n in 0..negative_capacity.min(5000) * 3 {
+            c.remember_unknown(id(n));
+        }
+        assert!(c.unknown_len() <= negative_capacity, "{} held of {negative_capacity}", c.unknown_len());
+    }
+}

@@ -74,8 +74,21 @@ impl IpLimiter {
 
 impl<C: Clock<Instant = Nanos>> IpLimiter<C> {
     pub fn with_clock(rate: Rate, max_addresses: usize, clock: C) -> Self {
+        IpLimiter::counting(rate, max_addresses, clock, CountEvictions::default())
+    }
+
+    /// The limiter that replaces `previous` for another rate or bound: it holds no address
+    /// yet, but its count of addresses forgotten early goes on from `previous`'s (it is
+    /// exported as a counter, which must never go down across a reload).
+    pub fn succeeding(previous: &Self, rate: Rate, max_addresses: usize) -> Self
+    where
+        C: Clone,
+    {
+        IpLimiter::counting(rate, max_addresses, previous.clock.clone(), previous.forgotten_early.clone())
+    }
+
+    fn counting(rate: Rate, max_addresses: usize, clock: C, forgotten_early: CountEvictions) -> Self {
         let interval = (1e9 / rate.per_second).round().max(1.0) as u64;
-        let forgotten_early = CountEvictions::default();
         IpLimiter {
             rate,
             interval,
@@ -173,7 +186,8 @@ impl<C: Clock<Instant = Nanos>> IpLimiter<C> {
         self.addresses.load().len()
     }
 
-    /// Addresses forgotten since start to keep within `max_addresses`.
+    /// Addresses forgotten since start to keep within `max_addresses`, by this limiter and
+    /// those it succeeded.
     pub fn forgotten_early(&self) -> u64 {
         self.forgotten_early.0.load(Ordering::Relaxed)
     }
@@ -186,12 +200,14 @@ fn fresh(max_addresses: usize, expected: usize, evictions: &CountEvictions) -> A
         Cache::with(expected, capacity, UnitWeighter, DefaultHashBuilder::default(), evictions.clone())
     };
     // The cache splits its capacity over its shards rounding up, so it may hold a few more
-    // than asked; asked again for that much less, it holds at most `max_addresses`.
+    // than asked; asked for a multiple of its shards (as many: it expects as many entries), it
+    // holds at most `max_addresses`.
     let bound = max_addresses as u64;
     let first = make(bound);
-    match first.capacity().saturating_sub(bound) {
-        0 => first,
-        excess => make(bound.saturating_sub(excess).max(1)),
+    let shards = first.num_shards() as u64;
+    match first.capacity() > bound {
+        false => first,
+        true => make((bound - bound % shards).max(1)),
     }
 }
 

@@ -1,5 +1,10 @@
 //! Single flight: at most one store query per key id in flight in this process; whoever asks
 //! for the same id meanwhile waits for that query's answer instead of sending another.
+//!
+//! The map is bounded by the queries running, not by what clients send: an id's entry leaves
+//! with its query's end (or its last request's), and a query refused by admission ends in the
+//! same poll that began it. So it holds at most `max_inflight` ids, plus one per worker thread
+//! for the instant a refused query takes.
 
 use crate::key::KeyId;
 use std::collections::HashMap;
@@ -51,5 +56,48 @@ impl<T: Clone> Drop for Leave<'_, T> {
         if ours && (self.flight.initialized() || Arc::strong_count(self.flight) <= 2) {
             flights.remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::pending;
+
+    fn id(n: u8) -> KeyId {
+        KeyId::from_hex(&format!("{n:02x}").repeat(32)).unwrap()
+    }
+
+    impl<T: Clone> Flights<T> {
+        fn len(&self) -> usize {
+            self.lock().len()
+        }
+    }
+
+    /// Requests that end before their queries (clients gone, a timeout) leave no entry behind,
+    /// however many joined; answered or refused queries leave none either.
+    #[tokio::test]
+    async fn the_map_holds_an_id_only_while_its_query_runs() {
+        let flights = Arc::new(Flights::<u32>::default());
+        let mut waiting = Vec::new();
+        for n in 0..100u8 {
+            for _ in 0..3 {
+                let flights = Arc::clone(&flights);
+                waiting.push(tokio::spawn(async move { flights.join(id(n), pending::<u32>).await }));
+            }
+        }
+        while flights.len() < 100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(flights.len(), 100, "one entry per id, not per request");
+        waiting.iter().for_each(|w| w.abort());
+        for w in waiting {
+            let _ = w.await;
+        }
+        assert_eq!(flights.len(), 0, "abandoned queries stayed in the map");
+        for n in 0..100u8 {
+            assert_eq!(flights.join(id(n), || async { u32::from(n) }).await, u32::from(n));
+        }
+        assert_eq!(flights.len(), 0, "answered queries stayed in the map");
     }
 }

@@ -118,3 +118,31 @@ fn the_memory_a_flood_took_is_given_back_once_it_is_over() {
     let given_back = after_each.iter().all(|&bytes| bytes <= idle + (64 << 10));
     assert!(given_back, "idle {idle} B, after floods {after_each:?}");
 }
+
+#[test]
+fn a_successor_starts_empty_and_counts_on_from_its_predecessor() {
+    let flood = |limiter: &IpLimiter, from: u32| {
+        for n in from..from + 1000 {
+            let _ = limiter.check(IpAddr::from((0x0a00_0000 + n).to_be_bytes()));
+        }
+    };
+    let first = IpLimiter::new(Rate { per_second: 1.0, burst: 2 }, 100);
+    flood(&first, 0);
+    let before = first.forgotten_early();
+    assert!(before >= 900, "{before} forgotten early");
+    let next = IpLimiter::succeeding(&first, Rate { per_second: 2.0, burst: 4 }, 200);
+    assert_eq!((next.addresses(), next.max_addresses()), (0, 200));
+    assert_eq!(next.forgotten_early(), before);
+    flood(&next, 1000);
+    assert!(next.forgotten_early() >= before + 800, "{} after {before}", next.forgotten_early());
+}
+
+#[test]
+fn the_bound_is_exact_for_any_max_addresses() {
+    for max_addresses in [1, 7, 100, 500, 999, 1000, 4097, 100_001, 1_000_000] {
+        let limiter = IpLimiter::new(Rate { per_second: 1.0, burst: 2 }, max_addresses);
+        let held = limiter.addresses.load().capacity();
+        assert!(held <= max_addresses as u64, "{held} held for a max_addresses of {max_addresses}");
+        assert!(held + 64 >= max_addresses as u64, "only {held} held for {max_addresses}");
+    }
+}
