@@ -1,15 +1,16 @@
 //! The request path's decision, without the network: extract the key, hash it to its id, ask
-//! the cache, check the limiter; then each stage alone, and the membership filter.
+//! the cache, check the limiter; then each stage alone, and the membership filter. The decision
+//! and the key's limiter are timed twice: with `rate_limit.scope: local` and `fleet`.
 //! `cargo bench --bench decision` (or `make bench`).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use keygate::config::FilterConfig;
-use keygate::config::{CacheConfig, Rate};
+use keygate::config::{CacheConfig, LimitScope, Rate};
 use keygate::extract::{Extracted, KeyExtractor, KeySource};
 use keygate::key::ApiKey;
 use keygate::testing::{
-    Bloom, IpLimiter, KeyLookup, KeyRecord, LookupSettings, MemoryStore, Metrics, Verdict,
+    Bloom, Fleet, FleetLimits, IpLimiter, KeyLookup, KeyRecord, LookupSettings, MemoryStore, Metrics, Verdict,
 };
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ impl Lookup {
     }
 }
 
-fn setup() -> (KeyExtractor, Lookup) {
+fn setup(scope: LimitScope) -> (KeyExtractor, Lookup) {
     let extractor = KeyExtractor {
         sources: vec![
             KeySource::Header(HeaderName::from_static("x-apikey")),
@@ -51,6 +52,7 @@ fn setup() -> (KeyExtractor, Lookup) {
         max_inflight: 64,
         default_rate,
         cache,
+        fleet: Some(FleetLimits { fleet: Arc::new(Fleet::new()), scope }),
     });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
@@ -78,13 +80,18 @@ fn headers(key: &'static str) -> HeaderMap {
 }
 
 fn decision(c: &mut Criterion) {
-    let (extractor, lookup) = setup();
+    let (extractor, lookup) = setup(LimitScope::Local);
+    let (_, fleet_lookup) = setup(LimitScope::Fleet);
     let known = headers("bench-known-key-0001");
     let unknown = headers("bench-unknown-key-01");
     assert!(decide(&extractor, &lookup, &known));
+    assert!(decide(&extractor, &fleet_lookup, &known));
     assert!(!decide(&extractor, &lookup, &unknown));
     c.bench_function("decision/cached_known_key", |b| {
         b.iter(|| decide(&extractor, &lookup, black_box(&known)))
+    });
+    c.bench_function("decision/cached_known_key_fleet", |b| {
+        b.iter(|| decide(&extractor, &fleet_lookup, black_box(&known)))
     });
     c.bench_function("decision/cached_unknown_key", |b| {
         b.iter(|| decide(&extractor, &lookup, black_box(&unknown)))
@@ -98,6 +105,8 @@ fn decision(c: &mut Criterion) {
     c.bench_function("stage/cache_lookup", |b| b.iter(|| lookup.cached(black_box(&id)).is_some()));
     let Some(Verdict::Known(grant)) = lookup.cached(&id) else { panic!("the known key is cached") };
     c.bench_function("stage/key_limiter", |b| b.iter(|| black_box(&grant).limiter.check().is_ok()));
+    let Some(Verdict::Known(shared)) = fleet_lookup.cached(&id) else { panic!("the known key is cached") };
+    c.bench_function("stage/key_limiter_fleet", |b| b.iter(|| black_box(&shared).limiter.check().is_ok()));
     let per_ip = IpLimiter::new(Rate { per_second: 1e9, burst: 1_000_000_000 }, 1_000_000);
     let client: IpAddr = "203.0.113.9".parse().unwrap();
     c.bench_function("stage/ip_limiter", |b| b.iter(|| per_ip.check(black_box(client)).is_ok()));

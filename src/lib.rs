@@ -72,7 +72,8 @@ pub(crate) mod upstream;
 pub mod testing {
     pub use crate::cache::KeyCache;
     pub use crate::filter::Bloom;
-    pub use crate::grant::Grant;
+    pub use crate::grant::{FleetLimits, Grant};
+    pub use crate::limit::fleet::Fleet;
     pub use crate::limit::IpLimiter;
     pub use crate::lookup::{KeyLookup, LookupSettings, Verdict};
     pub use crate::metrics::Metrics;
