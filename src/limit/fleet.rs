@@ -334,9 +334,10 @@ impl FleetKey {
             true => {
                 let mode = self.shared.mode.load(Ordering::Relaxed);
                 let members = u64::from((mode as u32).max(1));
+                // Alone, each request costs N cells: rate/N, and burst/N requests at once.
                 let cost = if mode & DEGRADED != 0 { members } else { 1 };
                 let share = u64::from(cell.burst).div_ceil(members);
-                self.gcra.check(now, cell, cost, share)
+                self.gcra.check(now, cell, cost, share * cost)
             }
             false => local.check(now, cell, 1, u64::from(cell.burst)),
         }
@@ -438,12 +439,24 @@ mod tests {
     }
 
     #[test]
+    fn alone_a_gateway_never_stops_a_key() {
+        let fleet = Fleet::new();
+        fleet.shared.mode.store(5 | DEGRADED, Ordering::Relaxed);
+        let cell = Cell { interval: SECOND, burst: 1 };
+        let key = fleet.key(id(6), cell, true, None);
+        let local = Gcra::default();
+        assert!(key.admit(10 * SECOND, cell, &local).is_ok(), "a burst of 1 over 5 gateways is still 1");
+        assert!(key.admit(10 * SECOND, cell, &local).is_err());
+        assert!(key.admit(15 * SECOND, cell, &local).is_ok(), "then one every N/rate seconds");
+    }
+
+    #[test]
     fn while_syncs_fail_each_admission_costs_n() {
         let fleet = Fleet::new();
         fleet.shared.mode.store(3 | DEGRADED, Ordering::Relaxed);
         let key = fleet.key(id(2), CELL, true, None);
         let start = 10 * SECOND;
-        assert_eq!(admitted(&key, start), 1, "never zero: one request at cost 3");
+        assert_eq!(admitted(&key, start), 2, "burst/N requests at once, at 3 cells each");
         // Ten seconds at rate/3: about 33 admissions.
         let passed: usize = (1..=100).map(|tenth| admitted(&key, start + tenth * SECOND / 10)).sum();
         assert!((32..=34).contains(&passed), "{passed} in 10 s at 10/3 a second");
