@@ -310,6 +310,12 @@ impl FleetKey {
         }
     }
 
+    /// The gateways last seen.
+    fn members(&self) -> (u32, bool) {
+        let mode = self.shared.mode.load(Ordering::Relaxed);
+        ((mode as u32).max(1), mode & DEGRADED != 0)
+    }
+
     fn quota(&self) -> Option<Quota> {
         let limit = self.quota_limit.load(Ordering::Relaxed);
         let period = match self.quota_period.load(Ordering::Relaxed) {
@@ -336,7 +342,8 @@ impl FleetKey {
                 let members = u64::from((mode as u32).max(1));
                 // Alone, each request costs N cells: rate/N, and burst/N requests at once.
                 let cost = if mode & DEGRADED != 0 { members } else { 1 };
-                let share = u64::from(cell.burst).div_ceil(members);
+                // Rounded down: N shares never add up to more than the burst.
+                let share = (u64::from(cell.burst) / members).max(1);
                 self.gcra.check(now, cell, cost, share * cost)
             }
             false => local.check(now, cell, 1, u64::from(cell.burst)),
@@ -386,8 +393,16 @@ impl FleetKey {
     /// rate), the quota count for the period, the delta acknowledged. `now` 0: charge nothing.
     fn settle(&self, now: u64, sent: &KeyDelta, totals: KeyTotals) {
         let last = self.last_total.swap(totals.rate, Ordering::Relaxed);
+        let burst = u64::from(self.burst.load(Ordering::Relaxed));
         let others = match last {
-            NEVER => 0,
+            // The first sync of a key new here: the count holds the others' use since they
+            // began, of which what they lent at once (their shares of the burst) may be
+            // recent. Charged, so that a key new to every gateway is not lent twice over.
+            NEVER => {
+                let (members, _) = self.members();
+                let others_share = burst - (burst / u64::from(members)).max(1).min(burst);
+                totals.rate.saturating_sub(sent.delta).min(others_share)
+            }
             // Our own delta is in the total; anything else is the others'.
             last if totals.rate >= last + sent.delta => totals.rate - last - sent.delta,
             // The counter expired and began again: all but our delta is the others'.
@@ -401,10 +416,7 @@ impl FleetKey {
         let _ =
             self.unsent.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(delta)));
         if now > 0 && self.shares_rate.load(Ordering::Relaxed) {
-            let cell = Cell {
-                interval: self.interval.load(Ordering::Relaxed),
-                burst: self.burst.load(Ordering::Relaxed),
-            };
+            let cell = Cell { interval: self.interval.load(Ordering::Relaxed), burst: burst as u32 };
             self.gcra.charge(now, cell, others);
         }
     }
@@ -465,17 +477,23 @@ mod tests {
     #[test]
     fn the_others_admissions_are_charged_and_the_delta_acknowledged() {
         let fleet = Fleet::new();
+        fleet.shared.mode.store(3, Ordering::Relaxed);
         let key = fleet.key(id(3), CELL, true, None);
         let delta = |d: u64| KeyDelta { id: key.id, delta: d, quota: None };
         key.settle(SECOND, &delta(0), KeyTotals { rate: 100, quota: None });
-        assert_eq!(key.gcra.used(SECOND), 0, "the first sync only learns where the count stands");
+        assert_eq!(
+            key.gcra.used(SECOND),
+            4 * CELL.interval,
+            "a first sync charges at most the others' shares of the burst (6 - 6/3)"
+        );
+        let later = 10 * SECOND;
         key.unsent.store(2, Ordering::Relaxed);
-        key.settle(SECOND, &delta(2), KeyTotals { rate: 107, quota: None });
-        assert_eq!(key.gcra.used(SECOND), 5 * CELL.interval, "107 - 100 - our 2 = 5 the others'");
+        key.settle(later, &delta(2), KeyTotals { rate: 107, quota: None });
+        assert_eq!(key.gcra.used(later), 5 * CELL.interval, "107 - 100 - our 2 = 5 the others'");
         assert_eq!(key.unsent.load(Ordering::Relaxed), 0);
         // The counter expired meanwhile and began again at our delta plus the others' 1.
-        key.settle(SECOND, &delta(3), KeyTotals { rate: 4, quota: None });
-        assert_eq!(key.gcra.used(SECOND), 6 * CELL.interval);
+        key.settle(later, &delta(3), KeyTotals { rate: 4, quota: None });
+        assert_eq!(key.gcra.used(later), 6 * CELL.interval);
     }
 
     #[tokio::test]

@@ -106,6 +106,7 @@ fn a_keys_rate_holds_for_the_fleet_within_the_bound_and_is_not_starved() {
     let forwarded = upstream.count();
     assert_eq!(forwarded, seen.forwarded(), "the upstream got what the clients saw forwarded");
     let (most, least) = (bound(20.0, 10.0, seen.elapsed), 0.8 * 20.0 * seen.elapsed.as_secs_f64());
+    eprintln!("fleet rate: {forwarded} forwarded in {:?}; bound {most:.1}, floor {least:.1}", seen.elapsed);
     assert!(
         (least..=most).contains(&(forwarded as f64)),
         "{forwarded} forwarded in {:?} by {GATEWAYS} gateways: the bound is {most:.1}, the floor {least:.1}",
@@ -138,6 +139,7 @@ fn a_quota_is_exhausted_across_the_fleet_then_quota_exceeded_until_the_period_en
     // The quota's bound: the quota, and what the others admitted that a gateway had not yet
     // heard of (N*rate*sync_ms).
     let most = 300.0 + GATEWAYS as f64 * 200.0 * SYNC_MS as f64 / 1000.0;
+    eprintln!("fleet quota: {forwarded} forwarded on a quota of 300; bound {most:.0}");
     assert!(
         (300.0..=most).contains(&(forwarded as f64)),
         "{forwarded} forwarded on a quota of 300 (at most {most})"
@@ -201,6 +203,7 @@ fn while_redis_is_frozen_each_gateway_goes_on_at_its_share_and_refuses_nothing_v
     let seconds = frozen.elapsed.as_secs_f64();
     for gateway in 0..GATEWAYS {
         let alone = frozen.forwarded_by(gateway) as f64;
+        eprintln!("Redis frozen: gateway {gateway} forwarded {alone} in {seconds:.2} s (share 10/s)");
         // Its share: rate/N = 10 a second, with burst/N = 3 at once, and debt left from before.
         let (least, most) = (0.6 * 10.0 * seconds, 10.0 * seconds + 3.0 + 2.0);
         assert!(
