@@ -65,6 +65,7 @@ bench: deps
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(APT_INSTALL) wrk)
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench memory
+	$(CARGO) bench --bench fleet_sync
 	$(CARGO) build $(PROFILE) --bin keygate --example passthrough
 	benches/e2e.sh
 

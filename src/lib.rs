@@ -74,9 +74,12 @@ pub mod testing {
     pub use crate::filter::Bloom;
     pub use crate::grant::{FleetLimits, Grant};
     pub use crate::limit::fleet::Fleet;
+    pub use crate::limit::gcra::{Cell, Gcra};
     pub use crate::limit::IpLimiter;
     pub use crate::lookup::{KeyLookup, LookupSettings, Verdict};
     pub use crate::metrics::Metrics;
     pub use crate::store::memory::MemoryStore;
+    pub use crate::store::redis::{RedisSettings, RedisStore, ScanPacing};
     pub use crate::store::KeyRecord;
+    pub use crate::store::KeyStore;
 }

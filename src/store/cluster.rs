@@ -156,7 +156,7 @@ impl KeyStore for ClusterStore {
             StoreError::unreachable(e)
         };
         let mut connection = self.topology.connection();
-        let [key_hash, members_hash] = counters::hashes(&mut connection).await.map_err(fail)?;
+        let [key_hash, members_hash, _] = counters::hashes(&mut connection).await.map_err(fail)?;
         let mut load = redis::pipe();
         counters::load_scripts(&mut load);
         for command in load.cmd_iter() {

@@ -67,6 +67,32 @@ redis.call('EXPIREAT', KEYS[2], ARGV[3])
 return {rate, quota}
 ";
 
+/// The same for many keys in one call, on one server (not a cluster: the keys span slots).
+/// KEYS: each key's rate counter, followed by its quota counter when it has one. ARGV: the rate
+/// counters' TTL in ms, then per key: delta, 1 or 0 (a quota counter follows), its expiry.
+/// Returns per key: rate total, quota total (-1 for none).
+const BATCH_SCRIPT: &str = r"
+local out, k = {}, 1
+for i = 2, #ARGV, 3 do
+  local rate = redis.call('INCRBY', KEYS[k], ARGV[i])
+  redis.call('PEXPIRE', KEYS[k], ARGV[1])
+  k = k + 1
+  local quota = -1
+  if ARGV[i + 1] == '1' then
+    quota = redis.call('INCRBY', KEYS[k], ARGV[i])
+    redis.call('EXPIREAT', KEYS[k], ARGV[i + 2])
+    k = k + 1
+  end
+  out[#out + 1] = rate
+  out[#out + 1] = quota
+end
+return out
+";
+
+/// Keys per batch call: big enough that a sync is a handful of calls, small enough that one
+/// call holds Redis for well under a millisecond.
+const BATCH: usize = 200;
+
 /// KEYS: the members set. ARGV: this instance, the window in ms. Returns the member count.
 const MEMBERS_SCRIPT: &str = r"
 local t = redis.call('TIME')
@@ -79,27 +105,48 @@ return redis.call('ZCARD', KEYS[1])
 
 /// The scripts' SHA-1 names, as Redis gave them when first loaded (a function of the text
 /// alone, so good for every server).
-static HASHES: OnceLock<[String; 2]> = OnceLock::new();
+static HASHES: OnceLock<[String; 3]> = OnceLock::new();
 
 /// The scripts' names, loading the scripts to learn them the first time (on every master of a
 /// cluster: `SCRIPT LOAD` goes to all of them).
 pub(super) async fn hashes(
     connection: &mut impl redis::aio::ConnectionLike,
-) -> redis::RedisResult<&'static [String; 2]> {
+) -> redis::RedisResult<&'static [String; 3]> {
     if let Some(hashes) = HASHES.get() {
         return Ok(hashes);
     }
-    let key: String = redis::cmd("SCRIPT").arg("LOAD").arg(KEY_SCRIPT).query_async(connection).await?;
-    let members: String =
-        redis::cmd("SCRIPT").arg("LOAD").arg(MEMBERS_SCRIPT).query_async(connection).await?;
-    Ok(HASHES.get_or_init(|| [key, members]))
+    let mut loaded = Vec::new();
+    for script in SCRIPTS {
+        loaded.push(redis::cmd("SCRIPT").arg("LOAD").arg(script).query_async::<String>(connection).await?);
+    }
+    let [key, members, batch] = <[String; 3]>::try_from(loaded).expect("three scripts");
+    Ok(HASHES.get_or_init(|| [key, members, batch]))
 }
 
-/// `SCRIPT LOAD` of both scripts: nothing when they are there, and they are again after a
+const SCRIPTS: [&str; 3] = [KEY_SCRIPT, MEMBERS_SCRIPT, BATCH_SCRIPT];
+
+/// `SCRIPT LOAD` of the scripts: nothing when they are there, and they are again after a
 /// restart or a failover flushed them.
 pub(super) fn load_scripts(pipe: &mut redis::Pipeline) {
-    pipe.cmd("SCRIPT").arg("LOAD").arg(KEY_SCRIPT).ignore();
-    pipe.cmd("SCRIPT").arg("LOAD").arg(MEMBERS_SCRIPT).ignore();
+    for script in SCRIPTS {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(script).ignore();
+    }
+}
+
+/// The batch script's call for `keys`.
+fn batch_call(hash: &str, prefix: &str, keys: &[KeyDelta], rate_ttl: Duration) -> redis::Cmd {
+    let mut names = Vec::with_capacity(keys.len() * 2);
+    let mut args = vec![rate_ttl.as_millis() as u64];
+    for key in keys {
+        names.push(format!("{prefix}fleet:{{{}}}:rate", key.id));
+        if let Some(quota) = key.quota {
+            names.push(format!("{prefix}fleet:{{{}}}:quota:{}", key.id, quota.stamp));
+        }
+        args.extend([key.delta, u64::from(key.quota.is_some()), key.quota.map_or(0, |q| q.expire_at)]);
+    }
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(hash).arg(names.len()).arg(names).arg(args);
+    cmd
 }
 
 /// One key's script call.
@@ -132,25 +179,31 @@ pub(super) fn totals_of(reply: Vec<u64>) -> Result<KeyTotals, &'static str> {
 }
 
 /// One pipeline on one server: the scripts loaded (a no-op when they are), the membership, then
-/// every key's script, all in one round trip.
+/// the keys, `BATCH` to a script call, all in one round trip.
 pub(super) async fn exchange_on(
     connection: &mut impl redis::aio::ConnectionLike,
     prefix: &str,
     exchange: &Exchange<'_>,
 ) -> redis::RedisResult<Exchanged> {
-    let [key_hash, members_hash] = hashes(connection).await?;
+    let [_, members_hash, batch_hash] = hashes(connection).await?;
     let mut pipe = redis::pipe();
     load_scripts(&mut pipe);
     pipe.add_command(members_call(members_hash, prefix, exchange));
-    for key in &exchange.keys {
-        pipe.add_command(key_call(key_hash, prefix, key, exchange.rate_ttl));
+    for keys in exchange.keys.chunks(BATCH) {
+        pipe.add_command(batch_call(batch_hash, prefix, keys, exchange.rate_ttl));
     }
     let mut values: Vec<redis::Value> = pipe.query_async(connection).await?;
-    let keys = values.split_off(1.min(values.len()));
+    let batches = values.split_off(1.min(values.len()));
     let members = values.pop().ok_or_else(|| bad_reply("a fleet sync answered nothing"))?;
     let members: u32 = redis::from_redis_value(members)?;
-    let replies: Vec<Vec<u64>> = keys.into_iter().map(redis::from_redis_value).collect::<Result<_, _>>()?;
-    let totals = replies.into_iter().map(totals_of).collect::<Result<_, _>>().map_err(bad_reply)?;
+    let mut totals = Vec::with_capacity(exchange.keys.len());
+    for batch in batches {
+        let pairs: Vec<i64> = redis::from_redis_value(batch)?;
+        totals.extend(pairs.chunks_exact(2).map(|pair| KeyTotals {
+            rate: pair[0].max(0) as u64,
+            quota: (pair[1] >= 0).then_some(pair[1] as u64),
+        }));
+    }
     Ok(Exchanged { members, totals })
 }
 
