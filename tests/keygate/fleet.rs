@@ -3,6 +3,7 @@
 //! alone at its share and refuses nothing valid; a changed record reaches every one.
 
 use crate::support::http::Response;
+use crate::support::topology::{Cluster, KeyWriter, SentinelGroup};
 use crate::support::{eventually, Gateway, Redis, Setup, Upstream};
 use std::time::{Duration, Instant};
 
@@ -255,4 +256,41 @@ fn a_keys_changed_rate_reaches_every_gateway() {
         (least..=most).contains(&forwarded),
         "{forwarded} forwarded at 50/s: not in {least:.0}..={most:.0}"
     );
+}
+
+/// Two gateways with `scope: fleet` on `store` share a quota: on a cluster each key's
+/// counters sit in its own slot (hash-tagged by key id), so the scripts run there.
+fn a_quota_is_shared_on(store: &dyn KeyWriter) {
+    let upstream = Upstream::start();
+    store.put_key("mode-quota-key", &[("app", "acme"), ("quota", "40"), ("quota_period", "month")]);
+    let limits =
+        format!("rate_limit:\n  scope: fleet\n  sync_ms: {SYNC_MS}\n  per_second: 1000\n  burst: 1000");
+    let gateways: Vec<Gateway> = (0..2)
+        .map(|_| Setup::with_store_yaml(store.store_yaml(), &upstream).extra(&limits).start())
+        .collect();
+    for gateway in &gateways {
+        gateway.uses_key("mode-quota-key");
+    }
+    let mut forwarded = 0;
+    let exhausted = eventually(Duration::from_secs(10), || {
+        let answers: Vec<Response> = gateways.iter().map(|g| g.with_key("mode-quota-key")).collect();
+        forwarded += answers.iter().filter(|r| r.status == 200).count();
+        answers.iter().all(|r| r.text().contains("quota_exceeded"))
+    });
+    assert!(exhausted.is_some(), "the quota of 40 never ran out on both gateways ({forwarded} forwarded)");
+    assert!((40..=50).contains(&forwarded), "{forwarded} forwarded on a quota of 40");
+    for gateway in &gateways {
+        assert!(gateway.metric(r#"keygate_fleet_syncs_total{result="ok"}"#) > 0.0);
+        assert_eq!(gateway.metric(r#"keygate_fleet_syncs_total{result="error"}"#), 0.0, "{}", gateway.logs());
+    }
+}
+
+#[test]
+fn a_quota_is_shared_on_a_sentinel_group() {
+    a_quota_is_shared_on(&SentinelGroup::start());
+}
+
+#[test]
+fn a_quota_is_shared_on_a_cluster() {
+    a_quota_is_shared_on(&Cluster::start(false));
 }
