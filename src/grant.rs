@@ -8,7 +8,7 @@ use crate::config::{LimitScope, Rate};
 use crate::key::KeyId;
 use crate::limit::fleet::Fleet;
 use crate::limit::KeyLimiter;
-use crate::store::record::{unix_now, Quota};
+use crate::store::record::unix_now;
 use crate::store::KeyRecord;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -21,9 +21,6 @@ pub struct Grant {
     /// See [`KeyRecord::usable_until`].
     usable_until: u64,
     pub limiter: KeyLimiter,
-    /// What the limiter was built for beside the rate: the quota, and whether the rate is the
-    /// fleet's (a change of either builds a new grant).
-    shape: (Option<Quota>, LimitScope),
 }
 
 /// Where a key's shared limits live: the gateway's fleet state and the scope in force.
@@ -57,26 +54,26 @@ impl Grant {
         let scope = shared.map_or(LimitScope::Local, |(limits, _)| limits.scope);
         // Without a fleet to count in, a quota cannot be kept.
         let quota = shared.and(record.quota);
-        let shape = (quota, scope);
+        let shares_rate = scope == LimitScope::Fleet;
         match previous {
             Some(p)
                 if p.app == record.app
                     && p.usable_until == usable_until
                     && p.limiter.rate == rate
-                    && p.shape == shape =>
+                    && p.limiter.shape() == (quota, shares_rate) =>
             {
                 Arc::clone(p)
             }
             _ => {
                 let limiter = match shared {
-                    Some((limits, id)) if scope == LimitScope::Fleet || quota.is_some() => {
+                    Some((limits, id)) if shares_rate || quota.is_some() => {
                         let cell = KeyLimiter::cell_of(rate);
-                        let key = limits.fleet.key(id, cell, scope == LimitScope::Fleet, quota);
+                        let key = limits.fleet.key(id, cell, shares_rate, quota);
                         KeyLimiter::shared(rate, key)
                     }
                     _ => KeyLimiter::new(rate),
                 };
-                Arc::new(Grant { app: Arc::clone(&record.app), usable_until, limiter, shape })
+                Arc::new(Grant { app: Arc::clone(&record.app), usable_until, limiter })
             }
         }
     }
@@ -153,7 +150,8 @@ mod tests {
         assert!(changed.limiter.check().is_ok());
         assert!(changed.limiter.check().is_err());
         // A quota added builds a new grant too, and the quota holds.
-        let quota = Some(Quota { limit: 0, period: crate::store::record::QuotaPeriod::Day });
+        let quota =
+            Some(crate::store::record::Quota { limit: 0, period: crate::store::record::QuotaPeriod::Day });
         let record = KeyRecord { quota, ..record };
         let limited = Grant::for_key(&record, default, Some(&changed), Some((&limits, id)));
         assert!(matches!(limited.limiter.check(), Err(crate::limit::KeyRefusal::Quota(_))));

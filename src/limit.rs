@@ -15,6 +15,7 @@ pub mod gcra;
 mod per_ip;
 
 use crate::config::Rate;
+use crate::store::record::Quota;
 use fleet::{FleetKey, QuotaLeft, Refused};
 use gcra::{Cell, Gcra, Headroom};
 use governor::clock::Clock;
@@ -91,7 +92,8 @@ pub struct Allowance {
 /// One key's limiter and the rate it was built for.
 pub struct KeyLimiter {
     pub(crate) rate: Rate,
-    cell: Cell,
+    /// Nanoseconds between two requests at `rate` (the burst is `rate`'s).
+    interval: u64,
     /// The key's own GCRA; unused when its rate is the fleet's (the fleet key holds that one).
     local: Gcra,
     /// The key's shared counters, when its rate is the fleet's or it has a quota.
@@ -100,7 +102,7 @@ pub struct KeyLimiter {
 
 impl KeyLimiter {
     pub fn new(rate: Rate) -> Self {
-        KeyLimiter { rate, cell: cell(rate), local: Gcra::default(), fleet: None }
+        KeyLimiter { rate, interval: cell(rate).interval, local: Gcra::default(), fleet: None }
     }
 
     /// A limiter whose rate or quota is shared through `key`.
@@ -113,16 +115,23 @@ impl KeyLimiter {
         cell(rate)
     }
 
+    /// What the limiter shares beside its rate: the quota it keeps, and whether its rate is
+    /// the fleet's (a grant whose record asks for another shape is rebuilt).
+    pub(crate) fn shape(&self) -> (Option<Quota>, bool) {
+        self.fleet.as_ref().map_or((None, false), |key| key.shape())
+    }
+
     /// Admits one request now, or says why not. Atomics only (see [`gcra`] and [`fleet`]).
     #[inline]
     pub fn check(&self) -> Result<Allowance, KeyRefusal> {
         let now = ProcessClock::nanos();
+        let cell = Cell { interval: self.interval, burst: self.rate.burst.max(1) };
         let (headroom, quota) = match &self.fleet {
             None => {
-                let burst = u64::from(self.cell.burst);
-                (self.local.check(now, self.cell, 1, burst).map_err(|wait| self.limited(wait))?, None)
+                let burst = u64::from(cell.burst);
+                (self.local.check(now, cell, 1, burst).map_err(|wait| self.limited(wait))?, None)
             }
-            Some(key) => key.admit(now, self.cell, &self.local).map_err(|refused| match refused {
+            Some(key) => key.admit(now, cell, &self.local).map_err(|refused| match refused {
                 Refused::Rate(wait) => self.limited(wait),
                 Refused::Quota { retry_after, quota } => KeyRefusal::Quota(Exhausted { retry_after, quota }),
             })?,

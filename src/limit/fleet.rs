@@ -310,6 +310,11 @@ impl FleetKey {
         }
     }
 
+    /// The quota it keeps, and whether it holds the key's rate.
+    pub(crate) fn shape(&self) -> (Option<Quota>, bool) {
+        (self.quota(), self.shares_rate.load(Ordering::Relaxed))
+    }
+
     /// The gateways last seen.
     fn members(&self) -> (u32, bool) {
         let mode = self.shared.mode.load(Ordering::Relaxed);
