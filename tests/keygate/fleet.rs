@@ -294,3 +294,42 @@ fn a_quota_is_shared_on_a_sentinel_group() {
 fn a_quota_is_shared_on_a_cluster() {
     a_quota_is_shared_on(&Cluster::start(false));
 }
+
+/// A forwarded response, and the auth listener's 204, carry the tighter of rate and quota.
+#[test]
+fn forwarded_answers_carry_the_tighter_of_rate_and_quota() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let quota =
+        [("app", "acme"), ("rate", "1000"), ("burst", "500"), ("quota", "5"), ("quota_period", "day")];
+    redis.put_key("tight-quota-key", &quota);
+    redis.put_key(
+        "tight-rate-key",
+        &[("app", "acme"), ("rate", "1"), ("burst", "3"), ("quota", "1000"), ("quota_period", "month")],
+    );
+    let auth: std::net::SocketAddr = format!("127.0.0.1:{}", crate::support::free_port()).parse().unwrap();
+    let gateway = Setup::redis(&redis, &upstream).extra(&format!("auth_listen: \"{auth}\"")).start();
+    let ask = |key: &str| {
+        gateway.uses_key(key);
+        crate::support::http::request(auth, "GET", "/_keygate", &[("X-ApiKey", key)], b"").unwrap()
+    };
+    let headers = |r: &Response| {
+        ["ratelimit-limit", "ratelimit-remaining"].map(|name| r.header(name).unwrap_or("absent").to_string())
+    };
+
+    // The quota is the tighter: 5 a day, against a burst of 500.
+    let first = gateway.with_key("tight-quota-key");
+    assert_eq!((first.status, headers(&first)), (200, ["5".into(), "4".into()]));
+    let second = ask("tight-quota-key");
+    assert_eq!((second.status, headers(&second)), (204, ["5".into(), "3".into()]));
+    let midnight = 86_400
+        - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 86_400;
+    let reset: u64 = second.header("ratelimit-reset").unwrap().parse().unwrap();
+    assert!(reset.abs_diff(midnight) <= 5, "RateLimit-Reset {reset}, the day ends in {midnight} s");
+
+    // The rate is the tighter: a burst of 3, against 1000 a month.
+    let first = ask("tight-rate-key");
+    assert_eq!((first.status, headers(&first)), (204, ["3".into(), "2".into()]));
+    let second = gateway.with_key("tight-rate-key");
+    assert_eq!((second.status, headers(&second)), (200, ["3".into(), "1".into()]));
+    assert_eq!(second.header("ratelimit-reset"), Some("2"), "2 used of the burst: whole again in 2 s at 1/s");
+}
