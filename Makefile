@@ -69,6 +69,7 @@ bench: deps
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(APT_INSTALL) wrk)
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench memory
+	$(CARGO) bench --bench fleet_sync
 	$(CARGO) build $(PROFILE) --bin keygate --example passthrough --example passthrough_reject
 	benches/e2e.sh
 	benches/slowloris.sh

@@ -1,7 +1,8 @@
 //! The request path's decision, without the network: the real `decide` the proxy and the auth
 //! listener call, on a gateway built from a config over the in-memory store, for each way a
 //! request ends (forwarded, unknown, missing, malformed, rate limited); then each stage alone,
-//! and the membership filter. `cargo bench --bench decision` (or `make bench`).
+//! and the membership filter. The valid key's decision and its limiter are timed twice: with
+//! `rate_limit.scope: local` and `fleet`. `cargo bench --bench decision` (or `make bench`).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
@@ -75,7 +76,7 @@ fn decision(c: &mut Criterion) {
             || decide(gateway, &settings, black_box(&request)).now_or_never().expect("decided at once");
         let answer = decided();
         let expected = match *name {
-            "decision/cached_known_key" => answer.as_ref().is_ok_and(|grant| grant.is_enabled()),
+            "decision/cached_known_key" => answer.as_ref().is_ok_and(|admitted| admitted.grant.is_enabled()),
             "decision/cached_unknown_key" => matches!(answer, Err(Rejection::UnknownKey)),
             "decision/missing_key" => matches!(answer, Err(Rejection::MissingKey)),
             "decision/malformed_key" => matches!(answer, Err(Rejection::MalformedKey)),
@@ -101,6 +102,21 @@ fn decision(c: &mut Criterion) {
     c.bench_function("stage/key_limiter", |b| b.iter(|| black_box(&grant).limiter.check().is_ok()));
     let per_ip = &settings.ip_limiter;
     c.bench_function("stage/ip_limiter", |b| b.iter(|| per_ip.check(black_box(peer)).is_ok()));
+
+    // The same valid key on a gateway whose key limits hold for the fleet: the hot path is the
+    // local limiter either way; the exchange with the other gateways runs in the background.
+    let fleet = DecisionFixture::from_yaml(&format!("{CONFIG}  scope: fleet\n"));
+    fleet.insert(KNOWN, KeyRecord::active("bench"));
+    let fleet_settings = fleet.settings();
+    let request = RequestFacts { headers: known, query: None, peer };
+    let _ = runtime.block_on(decide(&fleet.gateway, &fleet_settings, &request));
+    let decided = || decide(&fleet.gateway, &fleet_settings, black_box(&request)).now_or_never();
+    assert!(matches!(decided(), Some(Ok(_))), "the fleet key is forwarded at once");
+    c.bench_function("decision/cached_known_key_fleet", |b| b.iter(decided));
+    let Some(Verdict::Known(shared)) = fleet.gateway.lookup.cached(&fleet_settings.lookup, &id) else {
+        panic!("the fleet key is cached")
+    };
+    c.bench_function("stage/key_limiter_fleet", |b| b.iter(|| black_box(&shared).limiter.check().is_ok()));
 }
 
 /// The membership filter at a million keys: a lookup, present and absent, and its size.

@@ -1,15 +1,17 @@
 //! The gateway's own answers: every rejection of the README's answer table, with its status, JSON
-//! body and `Retry-After`.
+//! body and `Retry-After`; and the `RateLimit-*` headers an admitted request's answer carries.
 //!
 //! Before answering, a small request body is read and thrown away (`edge::drain_body`), so the
 //! client keeps its connection.
 
 use crate::edge;
-use crate::limit::Limited;
+use crate::limit::{Allowance, Exhausted, Limited};
 use crate::metrics::Outcome;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The longest a rejection waits for the request body.
@@ -25,6 +27,7 @@ pub enum Rejection {
     UnknownKey,
     DisabledKey,
     RateLimited(Limited),
+    QuotaExceeded(Exhausted),
     StoreUnavailable,
     Overloaded,
 }
@@ -34,7 +37,7 @@ impl Rejection {
         match self {
             Rejection::MissingKey | Rejection::MalformedKey => 401,
             Rejection::UnknownKey | Rejection::DisabledKey => 403,
-            Rejection::RateLimited(_) => 429,
+            Rejection::RateLimited(_) | Rejection::QuotaExceeded(_) => 429,
             Rejection::StoreUnavailable | Rejection::Overloaded => 503,
         }
     }
@@ -47,6 +50,7 @@ impl Rejection {
             Rejection::UnknownKey => "unknown_api_key",
             Rejection::DisabledKey => "disabled_api_key",
             Rejection::RateLimited(_) => "rate_limited",
+            Rejection::QuotaExceeded(_) => "quota_exceeded",
             Rejection::StoreUnavailable => "key_store_unavailable",
             Rejection::Overloaded => "overloaded",
         }
@@ -60,6 +64,7 @@ impl Rejection {
             Rejection::UnknownKey => r#"{"error":"unknown_api_key"}"#,
             Rejection::DisabledKey => r#"{"error":"disabled_api_key"}"#,
             Rejection::RateLimited(_) => r#"{"error":"rate_limited"}"#,
+            Rejection::QuotaExceeded(_) => r#"{"error":"quota_exceeded"}"#,
             Rejection::StoreUnavailable => r#"{"error":"key_store_unavailable"}"#,
             Rejection::Overloaded => r#"{"error":"overloaded"}"#,
         }
@@ -72,6 +77,7 @@ impl Rejection {
             Rejection::UnknownKey => Outcome::UnknownKey,
             Rejection::DisabledKey => Outcome::DisabledKey,
             Rejection::RateLimited(_) => Outcome::RateLimited,
+            Rejection::QuotaExceeded(_) => Outcome::QuotaExceeded,
             Rejection::StoreUnavailable => Outcome::StoreUnavailable,
             Rejection::Overloaded => Outcome::Overloaded,
         }
@@ -80,6 +86,7 @@ impl Rejection {
     pub fn retry_after(self) -> Option<u64> {
         match self {
             Rejection::RateLimited(limited) => Some(limited.retry_after),
+            Rejection::QuotaExceeded(exhausted) => Some(exhausted.retry_after),
             Rejection::StoreUnavailable | Rejection::Overloaded => Some(RETRY_AFTER_UNAVAILABLE),
             _ => None,
         }
@@ -94,13 +101,42 @@ impl Rejection {
             let _ = header.insert_header("Retry-After", seconds);
         }
         // The IETF RateLimit header fields draft: what the limit is and when it resets.
-        if let Rejection::RateLimited(limited) = self {
-            let _ = header.insert_header("RateLimit-Limit", limited.burst);
-            let _ = header.insert_header("RateLimit-Remaining", 0);
-            let _ = header.insert_header("RateLimit-Reset", limited.retry_after);
+        let spent = match self {
+            Rejection::RateLimited(limited) => Some((u64::from(limited.burst), limited.retry_after)),
+            Rejection::QuotaExceeded(exhausted) => Some((exhausted.quota, exhausted.retry_after)),
+            _ => None,
+        };
+        if let Some((limit, reset)) = spent {
+            for (name, value) in rate_limit_headers(Allowance { limit, remaining: 0, reset }) {
+                let _ = header.insert_header(name, value);
+            }
         }
         header
     }
+}
+
+/// Numbers below this are formatted once, at start: most `RateLimit-*` values are small, and
+/// a forwarded response then carries its three headers without formatting or allocating.
+const PREFORMATTED: u64 = 4096;
+
+/// The header value of `n`: shared for a small number, formatted for a larger one.
+fn number(n: u64) -> HeaderValue {
+    static SMALL: LazyLock<Vec<HeaderValue>> =
+        LazyLock::new(|| (0..PREFORMATTED).map(HeaderValue::from).collect());
+    match SMALL.get(n as usize) {
+        Some(value) if n < PREFORMATTED => value.clone(),
+        _ => HeaderValue::from(n),
+    }
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` for `allowance`: on a forwarded response, the
+/// auth listener's 204 (for nginx's `auth_request_set`) and a 429.
+pub fn rate_limit_headers(allowance: Allowance) -> [(&'static str, HeaderValue); 3] {
+    [
+        ("RateLimit-Limit", number(allowance.limit)),
+        ("RateLimit-Remaining", number(allowance.remaining)),
+        ("RateLimit-Reset", number(allowance.reset)),
+    ]
 }
 
 /// Answers `rejection` on a proxied request, keeping the connection open where it can.
@@ -122,6 +158,12 @@ mod tests {
             (Rejection::UnknownKey, 403, "unknown_api_key", None),
             (Rejection::DisabledKey, 403, "disabled_api_key", None),
             (Rejection::RateLimited(Limited { retry_after: 3, burst: 9 }), 429, "rate_limited", Some(3)),
+            (
+                Rejection::QuotaExceeded(Exhausted { retry_after: 7, quota: 300 }),
+                429,
+                "quota_exceeded",
+                Some(7),
+            ),
             (Rejection::StoreUnavailable, 503, "key_store_unavailable", Some(1)),
             (Rejection::Overloaded, 503, "overloaded", Some(1)),
         ];
@@ -134,6 +176,17 @@ mod tests {
             assert_eq!(header.headers["content-type"], "application/json");
             assert_eq!(header.headers.get("retry-after").is_some(), retry_after.is_some());
             assert_eq!(header.headers.get("ratelimit-limit").is_some(), status == 429);
+        }
+        let quota = Rejection::QuotaExceeded(Exhausted { retry_after: 7, quota: 300 }).response_header();
+        assert_eq!(quota.headers["ratelimit-limit"], "300");
+        assert_eq!(quota.headers["ratelimit-remaining"], "0");
+        assert_eq!(quota.headers["ratelimit-reset"], "7");
+    }
+
+    #[test]
+    fn numbers_are_written_alike_shared_or_formatted() {
+        for n in [0, 1, 4095, 4096, 86_400, u64::MAX] {
+            assert_eq!(number(n), n.to_string().as_str());
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The auth listener (`auth_listen`), for nginx's `auth_request`: the same decision as the
-//! proxy, answered instead of forwarded. 204 with `X-Keygate-App` where the proxy would
-//! forward; otherwise the very status, body and headers the proxy would send. A query key is
+//! proxy, answered instead of forwarded. 204 with `X-Keygate-App` (and the `RateLimit-*` headers
+//! a forwarded response would carry, for `auth_request_set`) where the proxy would forward;
+//! otherwise the very status, body and headers the proxy would send. A query key is
 //! read from `X-Original-URI` (nginx: `proxy_set_header X-Original-URI $request_uri;`).
 
-use crate::answer::Rejection;
+use crate::answer::{self, Rejection};
 use crate::decide::{decide, RequestFacts};
 use crate::edge::{self, Finished};
 use crate::gateway::Gateway;
@@ -44,8 +45,12 @@ impl ServeHttp for AuthApp {
             session.set_keepalive(None);
         }
         let (response, outcome) = match &decision {
-            Ok(grant) => {
-                let allowed = Response::builder().status(204).header("X-Keygate-App", grant.app.as_bytes());
+            Ok(admitted) => {
+                let mut allowed =
+                    Response::builder().status(204).header("X-Keygate-App", admitted.grant.app.as_bytes());
+                for (name, value) in answer::rate_limit_headers(admitted.allowance) {
+                    allowed = allowed.header(name, value);
+                }
                 (allowed.body(Vec::new()), Outcome::Forwarded)
             }
             Err(rejection) => (rejected(*rejection), rejection.outcome()),
@@ -57,7 +62,7 @@ impl ServeHttp for AuthApp {
             outcome,
             path: original.as_ref().map_or(session.req_header().uri.path(), |uri| uri.path()),
             status: response.status().as_u16(),
-            app: decision.as_ref().ok().map(|g| &*g.app),
+            app: decision.as_ref().ok().map(|a| &*a.grant.app),
             upstream: None,
         };
         edge::record(&self.gateway, &settings, session, finished);

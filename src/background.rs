@@ -1,8 +1,9 @@
 //! The gateway's background work, on a runtime of its own apart from Pingora's: the Redis
 //! connections, the invalidation listener, the filter's rebuilds, the per-IP limiter's sweep,
-//! reloads on SIGHUP and the drain after a hand-over. It exists before the server starts and
+//! the fleet's syncs, reloads on SIGHUP and the drain after a hand-over. It exists before the server starts and
 //! outlives any one of Pingora's services.
 
+use crate::config::LimitScope;
 use crate::gateway::Gateway;
 use crate::invalidate;
 use crate::lookup::KeyLookup;
@@ -78,6 +79,44 @@ pub async fn forget_idle_addresses(gateway: Weak<Gateway>) {
         let Some(gateway) = gateway.upgrade() else { return };
         gateway.settings.load().ip_limiter.forget_idle();
     }
+}
+
+/// Every `rate_limit.sync_ms` (give or take a tenth, so the fleet's gateways do not sync in
+/// step), the fleet's counters are exchanged with the store: always with `scope: fleet` (the
+/// sync also counts the gateways), otherwise only while some key has a quota to count.
+pub async fn sync_fleet(gateway: Weak<Gateway>) {
+    let mut failing = false;
+    for round in 0u64.. {
+        let Some(gateway) = gateway.upgrade() else { return };
+        let settings = gateway.settings.load_full();
+        let limits = &settings.config.rate_limit;
+        let period = limits.sync;
+        if limits.scope == LimitScope::Fleet || settings.fleet.has_keys() {
+            let timeout = period.max(settings.config.store.timeout);
+            let result = settings.fleet.sync(&*settings.lookup.store, period, timeout).await;
+            gateway.metrics.fleet_sync(result.is_ok());
+            match (&result, failing) {
+                (Err(e), false) => log::warn!(
+                    "fleet sync failed ({}): each gateway now limits shared keys alone at rate/N",
+                    e.with_cause()
+                ),
+                (Ok(()), true) => log::info!("fleet sync works again: shared limits are the fleet's"),
+                _ => {}
+            }
+            failing = result.is_err();
+        }
+        drop((settings, gateway));
+        tokio::time::sleep(jittered(period, round)).await;
+    }
+}
+
+/// `period`, give or take up to a tenth, differently in every process and round.
+fn jittered(period: Duration, round: u64) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(round);
+    let unit = (hasher.finish() % 2001) as f64 / 1000.0 - 1.0;
+    period.mul_f64(1.0 + unit / 10.0)
 }
 
 /// Follows Pingora's phases: once the listeners are handed over, or the stop has begun, the

@@ -7,6 +7,7 @@ use crate::client_ip::limit_key;
 use crate::extract::Extracted;
 use crate::gateway::Gateway;
 use crate::grant::Grant;
+use crate::limit::{Allowance, KeyRefusal};
 use crate::lookup::{LookupError, Verdict};
 use crate::settings::Settings;
 use http::HeaderMap;
@@ -22,12 +23,20 @@ pub struct RequestFacts<'a> {
     pub peer: IpAddr,
 }
 
+/// A request allowed through.
+pub struct Admitted {
+    /// The key's grant, which the request is forwarded under.
+    pub grant: Arc<Grant>,
+    /// What it leaves of the key's limit, for the `RateLimit-*` headers.
+    pub allowance: Allowance,
+}
+
 /// The grant to forward the request under, or why not, by the `settings` the request loaded.
 pub async fn decide(
     gateway: &Gateway,
     settings: &Settings,
     request: &RequestFacts<'_>,
-) -> Result<Arc<Grant>, Rejection> {
+) -> Result<Admitted, Rejection> {
     let client = || limit_key(settings.client_address.resolve(request.peer, request.headers));
     // Requests without a usable key are charged to their client's address.
     let charge = || settings.ip_limiter.check(client()).map_err(Rejection::RateLimited);
@@ -61,10 +70,11 @@ pub async fn decide(
     };
     match verdict {
         Verdict::Known(grant) if !grant.is_enabled() => Err(Rejection::DisabledKey),
-        Verdict::Known(grant) => {
-            grant.limiter.check().map_err(Rejection::RateLimited)?;
-            Ok(grant)
-        }
+        Verdict::Known(grant) => match grant.limiter.check() {
+            Ok(allowance) => Ok(Admitted { grant, allowance }),
+            Err(KeyRefusal::Rate(limited)) => Err(Rejection::RateLimited(limited)),
+            Err(KeyRefusal::Quota(exhausted)) => Err(Rejection::QuotaExceeded(exhausted)),
+        },
         Verdict::Unknown if charged => Err(Rejection::UnknownKey),
         Verdict::Unknown => Err(charge().err().unwrap_or(Rejection::UnknownKey)),
     }

@@ -95,6 +95,7 @@ impl Gateway {
             gateway.background.spawn(rebuilds);
         }
         gateway.background.spawn(background::forget_idle_addresses(Arc::downgrade(&gateway)));
+        gateway.background.spawn(background::sync_fleet(Arc::downgrade(&gateway)));
         gateway.background.spawn(crate::reload::on_hangup(Arc::downgrade(&gateway)));
         Ok((gateway, health_service))
     }

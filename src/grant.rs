@@ -4,7 +4,9 @@
 //! A grant carries what forwarding needs (the app, until when the key may be used) and the key's
 //! own limiter, so a cache hit answers everything in one allocation.
 
-use crate::config::Rate;
+use crate::config::{LimitScope, Rate};
+use crate::key::KeyId;
+use crate::limit::fleet::Fleet;
 use crate::limit::KeyLimiter;
 use crate::store::record::unix_now;
 use crate::store::KeyRecord;
@@ -21,21 +23,57 @@ pub struct Grant {
     pub limiter: KeyLimiter,
 }
 
+/// Where a key's shared limits live: the gateway's fleet state and the scope in force.
+#[derive(Clone)]
+pub struct FleetLimits {
+    pub fleet: Arc<Fleet>,
+    pub scope: LimitScope,
+}
+
 impl Grant {
-    /// The grant for a freshly fetched record: `previous` itself when the record brings nothing
-    /// new, so a refresh never hands a key a fresh burst. A changed record starts a new limiter.
+    /// The grant for a freshly fetched record with a local rate and no quota enforced.
     pub fn for_record(record: &KeyRecord, default: Rate, previous: Option<&Arc<Grant>>) -> Arc<Grant> {
+        Grant::for_key(record, default, previous, None)
+    }
+
+    /// The grant for `id`'s freshly fetched record: `previous` itself when the record brings
+    /// nothing new, so a refresh never hands a key a fresh burst. A changed record starts a new
+    /// local limiter; a key whose rate is the fleet's (or that has a quota) keeps its shared
+    /// counters and their state, found again in the fleet by id.
+    pub fn for_key(
+        record: &KeyRecord,
+        default: Rate,
+        previous: Option<&Arc<Grant>>,
+        shared: Option<(&FleetLimits, KeyId)>,
+    ) -> Arc<Grant> {
         let rate = Rate {
             per_second: record.rate.unwrap_or(default.per_second),
             burst: record.burst.unwrap_or(default.burst),
         };
         let usable_until = record.usable_until();
+        let scope = shared.map_or(LimitScope::Local, |(limits, _)| limits.scope);
+        // Without a fleet to count in, a quota cannot be kept.
+        let quota = shared.and(record.quota);
+        let shares_rate = scope == LimitScope::Fleet;
         match previous {
-            Some(p) if p.app == record.app && p.usable_until == usable_until && p.limiter.rate == rate => {
+            Some(p)
+                if p.app == record.app
+                    && p.usable_until == usable_until
+                    && p.limiter.rate == rate
+                    && p.limiter.shape() == (quota, shares_rate) =>
+            {
                 Arc::clone(p)
             }
             _ => {
-                Arc::new(Grant { app: Arc::clone(&record.app), usable_until, limiter: KeyLimiter::new(rate) })
+                let limiter = match shared {
+                    Some((limits, id)) if shares_rate || quota.is_some() => {
+                        let cell = KeyLimiter::cell_of(rate);
+                        let key = limits.fleet.key(id, cell, shares_rate, quota);
+                        KeyLimiter::shared(rate, key)
+                    }
+                    _ => KeyLimiter::new(rate),
+                };
+                Arc::new(Grant { app: Arc::clone(&record.app), usable_until, limiter })
             }
         }
     }
@@ -94,6 +132,29 @@ mod tests {
         let changed = Grant::for_record(&record, default, Some(&same));
         assert!(!Arc::ptr_eq(&same, &changed));
         assert!(changed.limiter.check().is_ok());
+    }
+
+    #[test]
+    fn a_fleet_key_keeps_its_counters_through_a_changed_record() {
+        let limits = FleetLimits { fleet: Arc::new(Fleet::new()), scope: LimitScope::Fleet };
+        let id = crate::key::ApiKey::from_cli("grant-test-key").id();
+        let default = Rate { per_second: 1.0, burst: 2 };
+        let first = Grant::for_key(&KeyRecord::active("a"), default, None, Some((&limits, id)));
+        assert!(first.limiter.check().is_ok());
+        assert!(first.limiter.check().is_ok());
+        assert!(first.limiter.check().is_err());
+        // A higher burst: the state goes on (2 used of 3), not a fresh limiter.
+        let record = KeyRecord { burst: Some(3), ..KeyRecord::active("a") };
+        let changed = Grant::for_key(&record, default, Some(&first), Some((&limits, id)));
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert!(changed.limiter.check().is_ok());
+        assert!(changed.limiter.check().is_err());
+        // A quota added builds a new grant too, and the quota holds.
+        let quota =
+            Some(crate::store::record::Quota { limit: 0, period: crate::store::record::QuotaPeriod::Day });
+        let record = KeyRecord { quota, ..record };
+        let limited = Grant::for_key(&record, default, Some(&changed), Some((&limits, id)));
+        assert!(matches!(limited.limiter.check(), Err(crate::limit::KeyRefusal::Quota(_))));
     }
 
     #[test]

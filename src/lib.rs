@@ -20,7 +20,8 @@
 //!       query per key id in flight ([`lookup::flights`]) and a bound on them all
 //!       ([`lookup::admission`]); a known key is a [`grant`];
 //!    3. [`limit`]: the per-IP limit ([`client_ip`] says whose IP) before a store read or for a
-//!       request without a usable key, and the key's own limit last.
+//!       request without a usable key, and the key's own limit last (with `scope: fleet` or a
+//!       quota, shared with the other gateways: [`limit::fleet`]).
 //! 3. [`answer`]: the gateway's own rejections; or [`upstream`]: which ingestion node a
 //!    forwarded request goes to.
 //! 4. [`edge`]: what both listeners do at the end (drain a rejected body, count and log the
@@ -29,7 +30,8 @@
 //! Around it: [`config`] (the YAML and its validation) becomes a [`settings`] snapshot, which
 //! [`reload`] rebuilds and swaps on SIGHUP; [`gateway`] builds every stage once and owns the
 //! runtime state; [`background`] runs the tasks beside the request path: [`invalidate`]
-//! (announcements from Redis), the filter's rebuilds, the per-IP limiter's sweep. [`server`]
+//! (announcements from Redis), the filter's rebuilds, the per-IP limiter's sweep, the fleet's
+//! syncs. [`server`]
 //! runs Pingora with [`admin`] (`/metrics`, `/healthz`, `/readyz`); [`cli`] is the command
 //! line, [`keys`] manages keys, [`logging`] writes stderr (never a key).
 //!
@@ -73,12 +75,16 @@ pub(crate) mod upstream;
 pub mod testing {
     pub use crate::cache::KeyCache;
     pub use crate::filter::Bloom;
-    pub use crate::grant::Grant;
+    pub use crate::grant::{FleetLimits, Grant};
+    pub use crate::limit::fleet::Fleet;
+    pub use crate::limit::gcra::{Cell, Gcra};
     pub use crate::limit::IpLimiter;
     pub use crate::lookup::{KeyLookup, LookupSettings, Verdict};
     pub use crate::metrics::Metrics;
     pub use crate::store::memory::MemoryStore;
+    pub use crate::store::redis::{RedisSettings, RedisStore, ScanPacing};
     pub use crate::store::KeyRecord;
+    pub use crate::store::KeyStore;
 
     pub use crate::answer::Rejection;
     pub use crate::decide::{decide, RequestFacts};

@@ -22,8 +22,9 @@ pub mod flights;
 use crate::cache::{Cached, KeyCache};
 use crate::config::{CacheConfig, Config, Rate};
 use crate::filter::{FilterConfig, KeyFilter};
-use crate::grant::{AppNames, Grant};
+use crate::grant::{AppNames, FleetLimits, Grant};
 use crate::key::KeyId;
+use crate::limit::fleet::Fleet;
 use crate::metrics::{CacheResult, Metrics, StoreResult};
 use crate::store::KeyStore;
 use admission::Admission;
@@ -71,16 +72,19 @@ pub struct LookupSettings {
     pub default_rate: Rate,
     /// How long cached answers are believed (the capacities are the cache's own).
     pub cache: CacheConfig,
+    /// Where keys' shared limits (a fleet rate, a quota) are counted; none in unit tests.
+    pub fleet: Option<FleetLimits>,
 }
 
 impl LookupSettings {
-    pub fn new(config: &Config, store: Arc<dyn KeyStore>) -> Self {
+    pub fn new(config: &Config, store: Arc<dyn KeyStore>, fleet: Arc<Fleet>) -> Self {
         LookupSettings {
             store,
             timeout: config.store.timeout,
             max_inflight: config.store.max_inflight,
             default_rate: config.rate_limit.per_key,
             cache: config.cache.clone(),
+            fleet: Some(FleetLimits { fleet, scope: config.rate_limit.scope }),
         }
     }
 }
@@ -204,7 +208,8 @@ impl KeyLookup {
             Ok(Ok(Some(mut record))) => {
                 record.app = self.apps.intern(&record.app);
                 let previous = self.cache.grant_of(&id);
-                let grant = Grant::for_record(&record, settings.default_rate, previous.as_ref());
+                let shared = settings.fleet.as_ref().map(|limits| (limits, id));
+                let grant = Grant::for_key(&record, settings.default_rate, previous.as_ref(), shared);
                 self.cache.remember_known(id, Arc::clone(&grant));
                 Verdict::Known(grant)
             }

@@ -29,10 +29,11 @@ pub enum Outcome {
     StoreUnavailable,
     Overloaded,
     UpstreamError,
+    QuotaExceeded,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::MissingKey,
         Outcome::MalformedKey,
@@ -42,6 +43,7 @@ impl Outcome {
         Outcome::StoreUnavailable,
         Outcome::Overloaded,
         Outcome::UpstreamError,
+        Outcome::QuotaExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Outcome {
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::Overloaded => "overloaded",
             Outcome::UpstreamError => "upstream_error",
+            Outcome::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct Metrics {
     /// Failovers of the Redis store followed (Sentinel's master moved, a cluster replica
     /// promoted): counted by the store that followed them.
     pub(crate) store_failovers: IntCounter,
+    /// Fleet syncs by result (`ok`, `error`).
+    fleet_syncs: IntCounterVec,
 }
 
 /// Upper bounds of `keygate_request_seconds`, from half a millisecond to ten seconds.
@@ -154,12 +159,18 @@ impl Metrics {
                 "keygate_store_failovers_total",
                 "Failovers of the Redis key store followed: a new master found and used.",
             ),
+            fleet_syncs: reg.counters(
+                "keygate_fleet_syncs_total",
+                "Exchanges of the fleet's counters (shared rates, quotas) with the store, by result.",
+                "result",
+            ),
             registry: reg.0,
         };
         // Touch every label value so each series is exported from the start, at zero.
         for result in ["ok", "error"] {
             metrics.config_reloads.with_label_values(&[result]);
             metrics.filter_rebuilds.with_label_values(&[result]);
+            metrics.fleet_syncs.with_label_values(&[result]);
         }
         metrics
     }
@@ -188,6 +199,10 @@ impl Metrics {
 
     pub fn filter_rebuild(&self, ok: bool) {
         self.filter_rebuilds.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    pub fn fleet_sync(&self, ok: bool) {
+        self.fleet_syncs.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// Registers a metric that `sample` brings up to date at each scrape: how a subsystem

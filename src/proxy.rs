@@ -20,6 +20,7 @@ use crate::edge::{self, Finished};
 use crate::extract::KeySource;
 use crate::gateway::Gateway;
 use crate::grant::Grant;
+use crate::limit::Allowance;
 use crate::metrics::Outcome;
 use crate::settings::Settings;
 use async_trait::async_trait;
@@ -49,6 +50,8 @@ pub struct RequestCtx {
     rejected: Option<Rejection>,
     /// The key's grant, once the request is allowed through.
     grant: Option<Arc<Grant>>,
+    /// What the request left of its key's limit, for the response's `RateLimit-*` headers.
+    allowance: Option<Allowance>,
     /// Peers this request failed to connect to, so a retry goes elsewhere.
     tried: Vec<SocketAddr>,
 }
@@ -63,6 +66,7 @@ impl ProxyHttp for KeyGateProxy {
             settings: self.gateway.settings.load_full(),
             rejected: None,
             grant: None,
+            allowance: None,
             tried: Vec::new(),
         }
     }
@@ -75,8 +79,9 @@ impl ProxyHttp for KeyGateProxy {
             peer: edge::client_peer(session),
         };
         match decide(&self.gateway, &ctx.settings, &facts).await {
-            Ok(grant) => {
-                ctx.grant = Some(grant);
+            Ok(admitted) => {
+                ctx.grant = Some(admitted.grant);
+                ctx.allowance = Some(admitted.allowance);
                 Ok(false)
             }
             Err(rejection) => {
@@ -125,13 +130,19 @@ impl ProxyHttp for KeyGateProxy {
         e
     }
 
-    /// Once an upgrade's hand-over has begun, a forwarded response closes its connection.
+    /// A forwarded response carries what is left of the key's limit; once an upgrade's
+    /// hand-over has begun, it closes its connection.
     async fn response_filter(
         &self,
         session: &mut Session,
-        _upstream: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(allowance) = ctx.allowance {
+            for (name, value) in answer::rate_limit_headers(allowance) {
+                upstream.insert_header(name, value)?;
+            }
+        }
         if self.gateway.is_draining() {
             session.set_keepalive(None);
         }

@@ -60,7 +60,8 @@ pub async fn reload(gateway: &Gateway) -> bool {
         gateway.lookup.store_replaced();
         gateway.background.follow_announcements(&new.lookup.store, &gateway.lookup);
     }
-    if new.config.rate_limit.per_key != old.config.rate_limit.per_key {
+    let (new_limits, old_limits) = (&new.config.rate_limit, &old.config.rate_limit);
+    if new_limits.per_key != old_limits.per_key || new_limits.scope != old_limits.scope {
         gateway.lookup.default_rate_changed();
     }
     gateway.upstreams.peers_changed().await;

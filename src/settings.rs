@@ -8,6 +8,7 @@
 
 use crate::client_ip::ClientAddress;
 use crate::config::{Config, RedisNodes, StoreBackend};
+use crate::limit::fleet::Fleet;
 use crate::limit::IpLimiter;
 use crate::lookup::LookupSettings;
 use crate::metrics::Metrics;
@@ -32,6 +33,8 @@ pub struct Settings {
     pub ip_limiter: Arc<IpLimiter>,
     /// The store, and how a lookup uses it.
     pub lookup: Arc<LookupSettings>,
+    /// The fleet's counters (runtime state, carried from snapshot to snapshot).
+    pub fleet: Arc<Fleet>,
 }
 
 /// What a new snapshot's store is to the previous one's.
@@ -50,7 +53,7 @@ impl Settings {
     pub fn first(config: Config, metrics: &Metrics) -> anyhow::Result<Settings> {
         let store = open_store(&config, metrics)?;
         let ip_limiter = Arc::new(ip_limiter(&config));
-        Ok(Settings::assemble(config, store, ip_limiter))
+        Ok(Settings::assemble(config, store, ip_limiter, Arc::new(Fleet::new())))
     }
 
     /// The snapshot that follows this one for `config`, and how its store relates to this one's.
@@ -81,7 +84,7 @@ impl Settings {
                 limits.max_addresses,
             )),
         };
-        Ok((Settings::assemble(config, store, ip_limiter), change))
+        Ok((Settings::assemble(config, store, ip_limiter, Arc::clone(&self.fleet)), change))
     }
 
     /// Registers `keygate_ip_limiter_addresses`, read at each scrape from the per-IP limiter of
@@ -104,11 +107,17 @@ impl Settings {
         });
     }
 
-    fn assemble(config: Config, store: Arc<dyn KeyStore>, ip_limiter: Arc<IpLimiter>) -> Settings {
+    fn assemble(
+        config: Config,
+        store: Arc<dyn KeyStore>,
+        ip_limiter: Arc<IpLimiter>,
+        fleet: Arc<Fleet>,
+    ) -> Settings {
         Settings {
             client_address: ClientAddress::new(config.trusted_proxies.clone()),
             ip_limiter,
-            lookup: Arc::new(LookupSettings::new(&config, store)),
+            lookup: Arc::new(LookupSettings::new(&config, store, Arc::clone(&fleet))),
+            fleet,
             config,
         }
     }
@@ -189,7 +198,7 @@ impl Settings {
     /// `config` over `store` instead of the store it names (which is never opened).
     pub fn over_store(config: Config, store: Arc<dyn KeyStore>) -> Settings {
         let ip_limiter = Arc::new(ip_limiter(&config));
-        Settings::assemble(config, store, ip_limiter)
+        Settings::assemble(config, store, ip_limiter, Arc::new(Fleet::new()))
     }
 }
 

@@ -162,11 +162,20 @@ pub struct RateLimitFile {
     pub per_second: f64,
     pub burst: u32,
     pub unauthenticated_per_ip: Option<RateFile>,
+    /// `local` or `fleet`.
+    pub scope: String,
+    pub sync_ms: u64,
 }
 
 impl Default for RateLimitFile {
     fn default() -> Self {
-        RateLimitFile { per_second: 100.0, burst: 200, unauthenticated_per_ip: None }
+        RateLimitFile {
+            per_second: 100.0,
+            burst: 200,
+            unauthenticated_per_ip: None,
+            scope: "local".into(),
+            sync_ms: 100,
+        }
     }
 }
 

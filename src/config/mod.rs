@@ -208,7 +208,24 @@ pub struct RateLimitConfig {
     pub unauthenticated_per_ip: Rate,
     /// Client addresses the per-IP limiter holds at once; past it the least recent are forgotten.
     pub max_addresses: usize,
+    /// Whether a key's rate holds per gateway or for the whole fleet.
+    pub scope: LimitScope,
+    /// How often consumed tokens (and quota counts) are exchanged through the store.
+    pub sync: Duration,
 }
+
+/// `rate_limit.scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Each gateway limits a key alone.
+    Local,
+    /// A key's rate and burst hold for every gateway on the store together.
+    Fleet,
+}
+
+/// The shortest and longest `sync_ms`: faster would spend Redis on little; slower would make
+/// the fleet's overshoot (`N*rate*sync`) too large to be a limit.
+const SYNC_MS: std::ops::RangeInclusive<u64> = 10..=10_000;
 
 /// The most client addresses the per-IP limiter may be asked to hold: about 6 GB of state, far
 /// past any sidecar's memory; more is surely a typo.
@@ -646,7 +663,26 @@ impl RateLimitFile {
             "rate_limit.unauthenticated_per_ip.max_addresses",
             format!("must be from 1 to {MAX_ADDRESSES}"),
         );
-        RateLimitConfig { per_key, unauthenticated_per_ip, max_addresses: ip.max_addresses }
+        let scope = match self.scope.as_str() {
+            "local" => LimitScope::Local,
+            "fleet" => LimitScope::Fleet,
+            other => {
+                p.add("rate_limit.scope", format!("`{other}` is not local or fleet"));
+                LimitScope::Local
+            }
+        };
+        p.ensure(
+            SYNC_MS.contains(&self.sync_ms),
+            "rate_limit.sync_ms",
+            format!("must be from {} to {}", SYNC_MS.start(), SYNC_MS.end()),
+        );
+        RateLimitConfig {
+            per_key,
+            unauthenticated_per_ip,
+            max_addresses: ip.max_addresses,
+            scope,
+            sync: Duration::from_millis(self.sync_ms),
+        }
     }
 }
 

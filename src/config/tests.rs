@@ -213,3 +213,13 @@ fn a_clusters_prefix_may_not_put_every_key_in_one_slot() {
     assert!(parse(&with_redis("cluster: {nodes: ['a:1']}, prefix: 'kg{}:'")).is_ok());
     assert!(parse(&with_redis("url: 'redis://x', prefix: '{kg}:'")).is_ok());
 }
+
+#[test]
+fn the_limits_scope_is_local_or_fleet_and_sync_ms_is_bounded() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!((c.rate_limit.scope, c.rate_limit.sync), (LimitScope::Local, Duration::from_millis(100)));
+    let c = parse(&format!("{MINIMAL}rate_limit:\n  scope: fleet\n  sync_ms: 250\n")).unwrap();
+    assert_eq!((c.rate_limit.scope, c.rate_limit.sync), (LimitScope::Fleet, Duration::from_millis(250)));
+    let problems = parse(&format!("{MINIMAL}rate_limit:\n  scope: global\n  sync_ms: 0\n")).unwrap_err();
+    assert_eq!(fields(&problems), ["rate_limit.scope", "rate_limit.sync_ms"]);
+}

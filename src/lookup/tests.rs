@@ -20,7 +20,8 @@ fn lookup(store: Arc<MemoryStore>, max_inflight: usize) -> Lookup {
     let lookup = Arc::new(KeyLookup::new(&cache, FilterConfig::default(), Arc::new(Metrics::new())));
     let store: Arc<dyn KeyStore> = store;
     let default_rate = Rate { per_second: 100.0, burst: 100 };
-    let settings = Arc::new(LookupSettings { store, timeout: TIMEOUT, max_inflight, default_rate, cache });
+    let settings =
+        Arc::new(LookupSettings { store, timeout: TIMEOUT, max_inflight, default_rate, cache, fleet: None });
     Lookup { lookup, settings }
 }
 
@@ -39,6 +40,7 @@ impl Lookup {
             store: Arc::clone(&self.settings.store),
             default_rate,
             cache: self.settings.cache.clone(),
+            fleet: None,
             ..*self.settings
         };
         self.lookup.default_rate_changed();

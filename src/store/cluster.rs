@@ -15,7 +15,7 @@
 
 use super::nodes::{self, AnnouncementHub, Announcements};
 use super::redis::{scan_node, scan_timeout, RedisSettings, ScanPacing};
-use super::{KeyRecord, KeyStore, StoreError};
+use super::{counters, KeyRecord, KeyStore, StoreError};
 use crate::config::{NodeAddress, RedisAuth};
 use crate::key::KeyId;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -142,6 +142,42 @@ impl KeyStore for ClusterStore {
             log::info!("cluster map of slots changed during the filter's scan; scanning again");
         }
         Err(StoreError::unreachable(ClusterError::Unsettled))
+    }
+
+    /// The scripts loaded on every master, then every key's script on its own slot's master,
+    /// all at once (a cluster refuses a pipeline across slots; redis-rs multiplexes these on
+    /// each node's connection): two round trips.
+    async fn exchange(
+        &self,
+        exchange: &counters::Exchange<'_>,
+    ) -> Result<Option<counters::Exchanged>, StoreError> {
+        let fail = |e: RedisError| {
+            self.topology.suspect(&e);
+            StoreError::unreachable(e)
+        };
+        let mut connection = self.topology.connection();
+        let [key_hash, members_hash, _] = counters::hashes(&mut connection).await.map_err(fail)?;
+        let mut load = redis::pipe();
+        counters::load_scripts(&mut load);
+        for command in load.cmd_iter() {
+            command.query_async::<()>(&mut connection).await.map_err(fail)?;
+        }
+        let members = counters::members_call(members_hash, &self.prefix, exchange);
+        let members = async { members.query_async::<u32>(&mut connection.clone()).await };
+        let keys = exchange.keys.iter().map(|key| {
+            let call = counters::key_call(key_hash, &self.prefix, key, exchange.rate_ttl);
+            let mut connection = connection.clone();
+            async move { call.query_async::<Vec<u64>>(&mut connection).await }
+        });
+        let (members, replies) =
+            futures_util::future::join(members, futures_util::future::join_all(keys)).await;
+        let mut totals = Vec::with_capacity(replies.len());
+        for reply in replies {
+            totals.push(
+                counters::totals_of(reply.map_err(fail)?).map_err(|why| fail(counters::bad_reply(why)))?,
+            );
+        }
+        Ok(Some(counters::Exchanged { members: members.map_err(fail)?, totals }))
     }
 
     fn announcements(&self) -> Option<Announcements> {

@@ -116,6 +116,7 @@ pub fn read_keys(path: &Path) -> Result<HashMap<KeyId, KeyRecord>, KeyFileError>
             rate: entry.rate,
             burst: entry.burst,
             expires: entry.expires,
+            quota: None,
         };
         match record.checked() {
             Ok(record) => {

@@ -9,6 +9,7 @@
 //! never is.
 
 pub mod cluster;
+pub mod counters;
 pub mod file;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
@@ -67,5 +68,17 @@ pub trait KeyStore: Send + Sync + 'static {
     /// records change only on reload (the file) or in a test (memory).
     fn announcements(&self) -> Option<nodes::Announcements> {
         None
+    }
+
+    /// One fleet sync ([`counters`]): adds each key's delta to its shared counters, registers
+    /// this gateway, and returns the totals and the fleet's size, in one round trip. `Ok(None)`
+    /// for a store that no other gateway shares (the file, memory): this gateway is alone, and
+    /// keeps its counts in-process.
+    async fn exchange(
+        &self,
+        exchange: &counters::Exchange<'_>,
+    ) -> Result<Option<counters::Exchanged>, StoreError> {
+        let _ = exchange;
+        Ok(None)
     }
 }

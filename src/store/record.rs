@@ -25,6 +25,70 @@ pub struct KeyRecord {
     pub burst: Option<u32>,
     /// Unix seconds from which the key is disabled.
     pub expires: Option<u64>,
+    /// Requests forwarded per UTC day or month, fleet-wide (`quota`, `quota_period`).
+    pub quota: Option<Quota>,
+}
+
+/// A cap on a key's forwarded requests per calendar period, shared by every gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u64,
+    pub period: QuotaPeriod,
+}
+
+/// The UTC calendar period a quota counts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+impl QuotaPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaPeriod::Day => "day",
+            QuotaPeriod::Month => "month",
+        }
+    }
+
+    /// The period holding unix second `now`: a number that changes when the period does
+    /// (days since 1970, or months since year 0), and the unix second it ends at.
+    pub fn at(self, now: u64) -> (u32, u64) {
+        let day = now / 86_400;
+        match self {
+            QuotaPeriod::Day => (day as u32, (day + 1) * 86_400),
+            QuotaPeriod::Month => {
+                let (year, month) = civil_month(day as i64);
+                let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+                let stamp = (year * 12 + i64::from(month) - 1) as u32;
+                (stamp, days_from_civil(next_year, next_month) as u64 * 86_400)
+            }
+        }
+    }
+}
+
+/// The (year, month) of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_month(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+/// The day, counted from 1970-01-01, on which `month` of `year` begins (`days_from_civil`).
+fn days_from_civil(year: i64, month: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// A record that breaks the data model.
@@ -36,12 +100,21 @@ pub enum RecordError {
     BadApp,
     #[error("field `{0}` is not a valid number")]
     BadNumber(&'static str),
+    #[error("field `quota_period` must be day or month where `quota` is set")]
+    BadQuotaPeriod,
 }
 
 impl KeyRecord {
     /// An active record for `app` with the config's limits.
     pub fn active(app: &str) -> Self {
-        KeyRecord { app: app.into(), status: Status::ACTIVE, rate: None, burst: None, expires: None }
+        KeyRecord {
+            app: app.into(),
+            status: Status::ACTIVE,
+            rate: None,
+            burst: None,
+            expires: None,
+            quota: None,
+        }
     }
 
     /// Builds a record from a Redis hash's fields.
@@ -57,8 +130,18 @@ impl KeyRecord {
         let expires = field("expires")
             .map(|v| v.parse::<u64>().map_err(|_| RecordError::BadNumber("expires")))
             .transpose()?;
+        let limit = field("quota")
+            .map(|v| v.parse::<u64>().map_err(|_| RecordError::BadNumber("quota")))
+            .transpose()?;
+        let quota = match (limit, field("quota_period")) {
+            (None, _) => None,
+            (Some(limit), Some("day")) => Some(Quota { limit, period: QuotaPeriod::Day }),
+            (Some(limit), Some("month")) => Some(Quota { limit, period: QuotaPeriod::Month }),
+            (Some(_), _) => return Err(RecordError::BadQuotaPeriod),
+        };
         let status = fields.get("status").map_or("active", |s| s.as_str());
-        KeyRecord { app: app.as_str().into(), status: Status::from(status), rate, burst, expires }.checked()
+        KeyRecord { app: app.as_str().into(), status: Status::from(status), rate, burst, expires, quota }
+            .checked()
     }
 
     /// Checks what serde cannot: the app's length and the numbers' ranges.
@@ -90,6 +173,10 @@ impl KeyRecord {
         fields.extend(self.rate.map(|r| ("rate", r.to_string())));
         fields.extend(self.burst.map(|b| ("burst", b.to_string())));
         fields.extend(self.expires.map(|e| ("expires", e.to_string())));
+        if let Some(quota) = self.quota {
+            fields.push(("quota", quota.limit.to_string()));
+            fields.push(("quota_period", quota.period.as_str().to_string()));
+        }
         fields
     }
 
@@ -186,5 +273,34 @@ mod tests {
         {
             assert!(KeyRecord::from_fields(&fields(&[("app", "a"), (field, bad)])).is_err(), "{field}={bad}");
         }
+        for quota in
+            [&[("quota", "10")][..], &[("quota", "10"), ("quota_period", "week")], &[("quota", "-1")]]
+        {
+            let mut pairs = vec![("app", "a")];
+            pairs.extend_from_slice(quota);
+            assert!(KeyRecord::from_fields(&fields(&pairs)).is_err(), "{quota:?}");
+        }
+    }
+
+    #[test]
+    fn a_quota_is_read_with_its_period() {
+        let r = KeyRecord::from_fields(&fields(&[("app", "a"), ("quota", "300"), ("quota_period", "month")]))
+            .unwrap();
+        assert_eq!(r.quota, Some(Quota { limit: 300, period: QuotaPeriod::Month }));
+        assert!(r.to_fields().contains(&("quota_period", "month".to_string())));
+    }
+
+    #[test]
+    fn periods_end_at_the_next_utc_midnight_or_first_of_the_month() {
+        // 2024-02-29 12:00:00 UTC, a leap day.
+        let now = 1_709_208_000;
+        let (day, day_end) = QuotaPeriod::Day.at(now);
+        assert_eq!((day, day_end), (19_782, 1_709_251_200), "2024-03-01 00:00 UTC");
+        let (month, month_end) = QuotaPeriod::Month.at(now);
+        assert_eq!(month_end, 1_709_251_200, "2024-03-01 00:00 UTC as well");
+        assert_eq!(month, 2024 * 12 + 1);
+        // 2023-12-31 23:59:59 UTC: the month ends with the year.
+        assert_eq!(QuotaPeriod::Month.at(1_704_067_199).1, 1_704_067_200);
+        assert_eq!(QuotaPeriod::Month.at(1_704_067_200).0, 2024 * 12);
     }
 }

@@ -10,7 +10,7 @@
 
 use super::nodes::{self, AnnouncementHub, Announcements};
 use super::sentinel::{SentinelGroup, SentinelMaster};
-use super::{KeyRecord, KeyStore, StoreError};
+use super::{counters, KeyRecord, KeyStore, StoreError};
 use crate::key::KeyId;
 use async_trait::async_trait;
 use prometheus::IntCounter;
@@ -139,6 +139,21 @@ impl KeyStore for RedisStore {
     async fn scan_ids(&self, each: &mut (dyn FnMut(KeyId) + Send)) -> Result<usize, StoreError> {
         let mut connection = self.scan_connection().await?;
         scan_node(&mut connection, &self.prefix, self.scan, scan_timeout(self.timeout), each).await
+    }
+
+    async fn exchange(
+        &self,
+        exchange: &counters::Exchange<'_>,
+    ) -> Result<Option<counters::Exchanged>, StoreError> {
+        let mut connection = self.connection().await;
+        let exchanged =
+            counters::exchange_on(&mut connection, &self.prefix, exchange).await.map_err(|e| {
+                if let MasterSource::Sentinel(master) = &self.master {
+                    master.suspect(&e);
+                }
+                StoreError::unreachable(e)
+            })?;
+        Ok(Some(exchanged))
     }
 
     fn announcements(&self) -> Option<Announcements> {

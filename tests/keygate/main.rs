@@ -5,6 +5,8 @@
 //! - [`answers`]: every row of the answer table, and what the upstream receives.
 //! - [`config_check`]: `keygate -t` on every shipped config and on a bad one.
 //! - [`failover`]: Sentinel and cluster failovers under load refuse no valid key.
+//! - [`fleet`]: three gateways on one Redis share a key's rate and quota, within the bound,
+//!   through a frozen Redis and a changed record.
 //! - [`filter`]: the membership filter keeps a flood of unknown keys away from Redis.
 //! - [`hostile`]: hostile input gets a 4xx or a closed connection, never a crash.
 //! - [`keys_cli`]: `keygate keys add|revoke|show` against a running gateway.
@@ -33,6 +35,7 @@ mod answers;
 mod config_check;
 mod failover;
 mod filter;
+mod fleet;
 mod hostile;
 mod keys_cli;
 mod ledger;
