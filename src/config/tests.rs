@@ -213,3 +213,11 @@ fn a_clusters_prefix_may_not_put_every_key_in_one_slot() {
     assert!(parse(&with_redis("cluster: {nodes: ['a:1']}, prefix: 'kg{}:'")).is_ok());
     assert!(parse(&with_redis("url: 'redis://x', prefix: '{kg}:'")).is_ok());
 }
+
+#[test]
+fn work_stealing_is_a_bool_off_by_default() {
+    assert!(!parse(MINIMAL).unwrap().work_stealing);
+    assert!(parse(&format!("{MINIMAL}work_stealing: true\n")).unwrap().work_stealing);
+    let problems = parse(&format!("{MINIMAL}work_stealing: sometimes\n")).unwrap_err();
+    assert_eq!(fields(&problems), ["work_stealing"]);
+}
