@@ -57,6 +57,10 @@ const VALID_KEY: &str = "alloc-bench-valid-key-01";
 const UNKNOWN_KEY: &str = "alloc-bench-unknown-key-1";
 /// Set in the child process that runs one gateway; the value says whether its access log is on.
 const CHILD: &str = "KEYGATE_ALLOC_BENCH_ACCESS_LOG";
+/// Runs only the cases whose name begins with this, e.g. to see under heaptrack where one
+/// case's allocations come from: `KEYGATE_ALLOC_BENCH_ACCESS_LOG=off
+/// KEYGATE_ALLOC_BENCH_CASE=valid heaptrack target/release/deps/allocations-*`.
+const ONLY: &str = "KEYGATE_ALLOC_BENCH_CASE";
 
 fn main() {
     match std::env::var(CHILD) {
@@ -109,7 +113,8 @@ fn measure(access_log: bool) {
     ];
     let log = if access_log { "on" } else { "off" };
     println!("access log {log}: {REQUESTS} requests each, one keep-alive connection, one worker thread");
-    for (name, request, status) in &cases {
+    let only = std::env::var(ONLY).unwrap_or_default();
+    for (name, request, status) in cases.iter().filter(|(name, ..)| name.starts_with(&only)) {
         for _ in 0..REQUESTS {
             client.exchange(request.as_bytes(), *status);
         }
