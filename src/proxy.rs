@@ -104,6 +104,7 @@ impl ProxyHttp for KeyGateProxy {
             headers: &request.headers,
             query: request.uri.query(),
             peer: edge::client_peer(session),
+            now: ctx.started,
         };
         match decide(&self.gateway, &ctx.settings, &facts).await {
             Ok(grant) => {
