@@ -16,9 +16,6 @@ use std::sync::{Arc, Mutex};
 pub struct Grant {
     /// The tenant, sent upstream as `X-Keygate-App`.
     pub app: Arc<str>,
-    /// `app` as that header's value, built once here rather than per forwarded request; none
-    /// when the app's bytes cannot be a header value.
-    pub app_header: Option<http::HeaderValue>,
     /// See [`KeyRecord::usable_until`].
     usable_until: u64,
     pub limiter: KeyLimiter,
@@ -38,10 +35,7 @@ impl Grant {
                 Arc::clone(p)
             }
             _ => {
-                // From bytes: an app may be UTF-8, which a header carries as opaque octets.
-                let app_header = http::HeaderValue::from_bytes(record.app.as_bytes()).ok();
-                let app = Arc::clone(&record.app);
-                Arc::new(Grant { app, app_header, usable_until, limiter: KeyLimiter::new(rate) })
+                Arc::new(Grant { app: Arc::clone(&record.app), usable_until, limiter: KeyLimiter::new(rate) })
             }
         }
     }

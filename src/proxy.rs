@@ -182,9 +182,7 @@ impl ProxyHttp for KeyGateProxy {
             }
         }
         if let Some(grant) = &ctx.grant {
-            let app = grant
-                .app_header
-                .clone()
+            let app = app_value(&grant.app)
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "app is not a header value"))?;
             upstream.insert_header("X-Keygate-App", app)?;
         }
@@ -238,6 +236,30 @@ thread_local! {
     /// a load balancer most requests come from a few peers: a hit costs a reference count, where
     /// formatting the address costs two allocations.
     static LAST_PEER: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+thread_local! {
+    /// The last app this worker thread forwarded for, with its `X-Keygate-App` value. App names
+    /// are shared by every key of an app (`grant::AppNames`), so a run of requests for one app
+    /// finds the very name here and costs a reference count, not a copy. Kept per thread rather
+    /// than in each grant: a value there would cost every cached key its own copy of the name.
+    static LAST_APP: RefCell<Option<(Arc<str>, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `app` as the value of `X-Keygate-App`; none if its bytes cannot be a header value.
+fn app_value(app: &Arc<str>) -> Option<HeaderValue> {
+    LAST_APP.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((name, value)) = &*last {
+            if Arc::ptr_eq(name, app) {
+                return Some(value.clone());
+            }
+        }
+        // From bytes: an app may be UTF-8, which a header carries as opaque octets.
+        let value = HeaderValue::from_bytes(app.as_bytes()).ok()?;
+        *last = Some((Arc::clone(app), value.clone()));
+        Some(value)
+    })
 }
 
 /// `peer` as the value of an `X-Forwarded-For` that had none.
