@@ -70,6 +70,7 @@ bench: deps
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench memory
 	$(CARGO) bench --bench fleet_sync
+	$(CARGO) bench --bench allocations
 	$(CARGO) build $(PROFILE) --bin keygate --example passthrough --example passthrough_reject
 	benches/e2e.sh
 	benches/slowloris.sh

@@ -12,6 +12,7 @@ use keygate::extract::Extracted;
 use keygate::key::ApiKey;
 use keygate::testing::{decide, Bloom, DecisionFixture, KeyRecord, Rejection, RequestFacts, Verdict};
 use std::net::IpAddr;
+use std::time::Instant;
 
 /// A gateway as `keygate -c` would build it from this file, its store swapped for memory. The
 /// TTLs outlive any measurement (an expired entry would time a store read, and a stale known
@@ -64,16 +65,17 @@ fn decision(c: &mut Criterion) {
     ];
     // The first request for each key reads the store (and the limited key spends its burst);
     // every one after is answered from the cache, as measured below.
+    // A request's facts as the proxy gathers them, its start time read once (as it is there).
+    let facts = |headers| RequestFacts { headers, query: None, peer, now: Instant::now() };
     for (_, headers) in &cases {
-        let request = RequestFacts { headers, query: None, peer };
-        let _ = runtime.block_on(decide(gateway, &settings, &request));
+        let _ = runtime.block_on(decide(gateway, &settings, &facts(headers)));
     }
     let fetches = fixture.store.fetch_count();
     for (name, headers) in &cases {
-        let request = RequestFacts { headers, query: None, peer };
         // Decided at once (a store read would have to wait), and as the name says.
-        let decided =
-            || decide(gateway, &settings, black_box(&request)).now_or_never().expect("decided at once");
+        let decided = || {
+            decide(gateway, &settings, black_box(&facts(headers))).now_or_never().expect("decided at once")
+        };
         let answer = decided();
         let expected = match *name {
             "decision/cached_known_key" => answer.as_ref().is_ok_and(|admitted| admitted.grant.is_enabled()),
@@ -108,9 +110,8 @@ fn decision(c: &mut Criterion) {
     let fleet = DecisionFixture::from_yaml(&format!("{CONFIG}  scope: fleet\n"));
     fleet.insert(KNOWN, KeyRecord::active("bench"));
     let fleet_settings = fleet.settings();
-    let request = RequestFacts { headers: known, query: None, peer };
-    let _ = runtime.block_on(decide(&fleet.gateway, &fleet_settings, &request));
-    let decided = || decide(&fleet.gateway, &fleet_settings, black_box(&request)).now_or_never();
+    let _ = runtime.block_on(decide(&fleet.gateway, &fleet_settings, &facts(known)));
+    let decided = || decide(&fleet.gateway, &fleet_settings, black_box(&facts(known))).now_or_never();
     assert!(matches!(decided(), Some(Ok(_))), "the fleet key is forwarded at once");
     c.bench_function("decision/cached_known_key_fleet", |b| b.iter(decided));
     let Some(Verdict::Known(shared)) = fleet.gateway.lookup.cached(&fleet_settings.lookup, &id) else {

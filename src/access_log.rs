@@ -161,7 +161,7 @@ pub fn format_line(entry: &Entry<'_>, at: SystemTime) -> String {
     line.push_str("{\"time\":\"");
     push_time(&mut line, at);
     line.push_str("\",\"client\":");
-    push_optional(&mut line, entry.client.map(|c| c.to_string()).as_deref());
+    push_address(&mut line, entry.client);
     line.push_str(",\"method\":");
     push_string(&mut line, entry.method);
     line.push_str(",\"path\":");
@@ -169,7 +169,7 @@ pub fn format_line(entry: &Entry<'_>, at: SystemTime) -> String {
     let _ = write!(line, ",\"status\":{},\"outcome\":\"{}\",\"app\":", entry.status, entry.outcome.as_str());
     push_optional(&mut line, entry.app);
     line.push_str(",\"upstream\":");
-    push_optional(&mut line, entry.upstream.map(|u| u.to_string()).as_deref());
+    push_address(&mut line, entry.upstream);
     let _ = writeln!(line, ",\"duration_ms\":{:.3}}}", entry.duration.as_secs_f64() * 1000.0);
     line
 }
@@ -177,6 +177,17 @@ pub fn format_line(entry: &Entry<'_>, at: SystemTime) -> String {
 fn push_optional(line: &mut String, value: Option<&str>) {
     match value {
         Some(value) => push_string(line, value),
+        None => line.push_str("null"),
+    }
+}
+
+/// An address, written straight into the line: its text needs no escaping, and no `String` of
+/// its own.
+fn push_address(line: &mut String, address: Option<impl std::fmt::Display>) {
+    match address {
+        Some(address) => {
+            let _ = write!(line, "\"{address}\"");
+        }
         None => line.push_str("null"),
     }
 }

@@ -95,7 +95,8 @@ impl Rejection {
     pub fn response_header(self) -> ResponseHeader {
         let body = self.body();
         let mut header = ResponseHeader::build(self.status(), Some(4)).expect("valid status");
-        let _ = header.insert_header("Content-Type", "application/json");
+        let json = http::HeaderValue::from_static("application/json");
+        let _ = header.insert_header(http::header::CONTENT_TYPE, json);
         let _ = header.insert_header("Content-Length", body.len());
         if let Some(seconds) = self.retry_after() {
             let _ = header.insert_header("Retry-After", seconds);

@@ -38,7 +38,8 @@ impl ServeHttp for AuthApp {
             request.headers.get("x-original-uri").and_then(|v| v.to_str().ok()?.parse().ok());
         let query = original.as_ref().map_or(request.uri.query(), |uri| uri.query());
         let settings = self.gateway.settings.load_full();
-        let facts = RequestFacts { headers: &request.headers, query, peer: edge::client_peer(session) };
+        let peer = edge::client_peer(session);
+        let facts = RequestFacts { headers: &request.headers, query, peer, now: started };
         let decision = decide(&self.gateway, &settings, &facts).await;
         edge::drain_body(session, DRAIN_DEADLINE).await;
         if self.gateway.is_draining() {

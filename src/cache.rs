@@ -73,8 +73,16 @@ impl KeyCache {
 
     /// What the cache says about `id`, judged by the durations of `config` (the settings now
     /// in force: a reload applies to entries already cached).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn get(&self, id: &KeyId, config: &CacheConfig) -> Cached {
-        let now = self.now();
+        self.get_at(id, config, Instant::now())
+    }
+
+    /// [`Self::get`] as of `now`: a request passes the moment it began, so the clock is read
+    /// once for both (the cache's durations are seconds; a request's microseconds are nothing
+    /// to them).
+    pub fn get_at(&self, id: &KeyId, config: &CacheConfig, now: Instant) -> Cached {
+        let now = self.stamp(now);
         if let Some(known) = self.known.get(id) {
             let age = since(known.verified, now);
             if age < Self::ttl_of(id, config.ttl) && known.epoch == self.epoch.load(Ordering::Relaxed) {
@@ -173,7 +181,11 @@ impl KeyCache {
     }
 
     fn now(&self) -> Stamp {
-        Instant::now().saturating_duration_since(self.origin).as_nanos() as Stamp
+        self.stamp(Instant::now())
+    }
+
+    fn stamp(&self, at: Instant) -> Stamp {
+        at.saturating_duration_since(self.origin).as_nanos() as Stamp
     }
 
     pub fn known_len(&self) -> usize {

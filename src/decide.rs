@@ -21,6 +21,8 @@ pub struct RequestFacts<'a> {
     pub query: Option<&'a str>,
     /// The connecting peer; loopback for a unix-socket peer (a local nginx).
     pub peer: IpAddr,
+    /// When the request began: the cache judges its entries' age by it.
+    pub now: std::time::Instant,
 }
 
 /// A request allowed through.
@@ -46,7 +48,7 @@ pub async fn decide(
         Extracted::Malformed => return Err(charge().err().unwrap_or(Rejection::MalformedKey)),
     };
     let (lookup, stored) = (&gateway.lookup, &settings.lookup);
-    let (verdict, charged) = match lookup.cached(stored, &id) {
+    let (verdict, charged) = match lookup.cached_at(stored, &id, request.now.into()) {
         Some(verdict) => (verdict, false),
         None if lookup.filter_excludes(&id) => (Verdict::Unknown, false),
         None => {

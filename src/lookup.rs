@@ -131,8 +131,19 @@ impl KeyLookup {
 
     /// The cache's answer, counted. A stale known key is served as known and refreshed in the
     /// background, so a slow or absent store never delays a key it already vouched for.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn cached(self: &Arc<Self>, settings: &Arc<LookupSettings>, id: &KeyId) -> Option<Verdict> {
-        match self.cache.get(id, &settings.cache) {
+        self.cached_at(settings, id, tokio::time::Instant::now())
+    }
+
+    /// [`Self::cached`] as of `now`, the moment the request began (one clock read for both).
+    pub fn cached_at(
+        self: &Arc<Self>,
+        settings: &Arc<LookupSettings>,
+        id: &KeyId,
+        now: tokio::time::Instant,
+    ) -> Option<Verdict> {
+        match self.cache.get_at(id, &settings.cache, now) {
             Cached::Fresh(grant) => {
                 self.metrics.cache_lookup(CacheResult::Hit);
                 Some(Verdict::Known(grant))

@@ -1,7 +1,7 @@
 //! What is counted: the documented metrics, owned by one struct and registered once.
 //!
-//! Every labelled child the request path touches is resolved at start into an array indexed by
-//! an enum, so counting a request is an atomic add, with no label lookup or allocation. No
+//! Every labelled child the request path touches is resolved at start into a fixed array indexed
+//! by an enum, so counting a request is an atomic add, with no label lookup or allocation. No
 //! label ever holds a key, a key id or a client address.
 //!
 //! Sizes (cache entries, the filter's bits, addresses held, peers' health) are not kept here:
@@ -86,12 +86,16 @@ const STORE_RESULTS: [&str; 4] = ["found", "not_found", "error", "timeout"];
 
 pub struct Metrics {
     registry: Registry,
-    requests: Vec<IntCounter>,
-    request_seconds: Vec<Histogram>,
-    cache_lookups: Vec<IntCounter>,
-    store_queries: Vec<IntCounter>,
+    /// `keygate_requests_total` and `keygate_request_seconds`, one child per [`Outcome`] (its
+    /// index), and the children of the counters below by their enums: resolved once, so the
+    /// request path indexes an array (no label hashing, no lock, no bounds left to a `Vec`).
+    requests: [IntCounter; Outcome::ALL.len()],
+    request_seconds: [Histogram; Outcome::ALL.len()],
+    cache_lookups: [IntCounter; CACHE_RESULTS.len()],
+    store_queries: [IntCounter; STORE_RESULTS.len()],
     store_query_seconds: Histogram,
-    config_reloads: IntCounterVec,
+    /// `keygate_config_reloads_total`: ok, then error.
+    config_reloads: [IntCounter; 2],
     filter_rejections: IntCounter,
     /// Counted by the access log itself.
     pub access_log_skipped: IntCounter,
@@ -125,23 +129,20 @@ impl Metrics {
         let store_queries =
             reg.counters("keygate_store_queries_total", "Key store queries by result.", "result");
         let metrics = Metrics {
-            requests: Outcome::ALL.iter().map(|o| requests.with_label_values(&[o.as_str()])).collect(),
-            request_seconds: Outcome::ALL
-                .iter()
-                .map(|o| request_seconds.with_label_values(&[o.as_str()]))
-                .collect(),
-            cache_lookups: CACHE_RESULTS.iter().map(|r| cache_lookups.with_label_values(&[r])).collect(),
-            store_queries: STORE_RESULTS.iter().map(|r| store_queries.with_label_values(&[r])).collect(),
+            requests: Outcome::ALL.map(|o| requests.with_label_values(&[o.as_str()])),
+            request_seconds: Outcome::ALL.map(|o| request_seconds.with_label_values(&[o.as_str()])),
+            cache_lookups: CACHE_RESULTS.map(|r| cache_lookups.with_label_values(&[r])),
+            store_queries: STORE_RESULTS.map(|r| store_queries.with_label_values(&[r])),
             store_query_seconds: reg.histogram(
                 "keygate_store_query_seconds",
                 "Key store query time.",
                 &STORE_QUERY_BUCKETS,
             ),
-            config_reloads: reg.counters(
-                "keygate_config_reloads_total",
-                "Config reloads by result.",
-                "result",
-            ),
+            config_reloads: {
+                let reloads =
+                    reg.counters("keygate_config_reloads_total", "Config reloads by result.", "result");
+                ["ok", "error"].map(|result| reloads.with_label_values(&[result]))
+            },
             filter_rejections: reg.counter(
                 "keygate_filter_rejections_total",
                 "Keys answered unknown by the membership filter, without a store query.",
@@ -168,7 +169,6 @@ impl Metrics {
         };
         // Touch every label value so each series is exported from the start, at zero.
         for result in ["ok", "error"] {
-            metrics.config_reloads.with_label_values(&[result]);
             metrics.filter_rebuilds.with_label_values(&[result]);
             metrics.fleet_syncs.with_label_values(&[result]);
         }
@@ -190,7 +190,7 @@ impl Metrics {
     }
 
     pub fn config_reload(&self, ok: bool) {
-        self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.config_reloads[usize::from(!ok)].inc();
     }
 
     pub fn filter_rejection(&self) {

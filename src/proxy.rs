@@ -24,10 +24,14 @@ use crate::limit::Allowance;
 use crate::metrics::Outcome;
 use crate::settings::Settings;
 use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
-use std::net::SocketAddr;
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,13 +56,40 @@ pub struct RequestCtx {
     grant: Option<Arc<Grant>>,
     /// What the request left of its key's limit, for the response's `RateLimit-*` headers.
     allowance: Option<Allowance>,
-    /// Peers this request failed to connect to, so a retry goes elsewhere.
-    tried: Vec<SocketAddr>,
+    /// The peers this request was sent to, so a retry goes elsewhere.
+    tried: Tried,
+}
+
+/// The peers one request was sent to: the last apart, so the usual request, sent once, keeps
+/// its one peer without a `Vec` (an allocation per request); only a retry moves it into
+/// `earlier`.
+#[derive(Default)]
+struct Tried {
+    earlier: Vec<SocketAddr>,
+    last: Option<SocketAddr>,
+}
+
+impl Tried {
+    /// The peers to pass over now: every one tried, once the last has been set aside.
+    fn before_next(&mut self) -> &[SocketAddr] {
+        if let Some(last) = self.last.take() {
+            self.earlier.push(last);
+        }
+        &self.earlier
+    }
+
+    fn len(&self) -> usize {
+        self.earlier.len() + usize::from(self.last.is_some())
+    }
 }
 
 #[async_trait]
 impl ProxyHttp for KeyGateProxy {
     type CTX = RequestCtx;
+
+    /// No downstream modules. Pingora's default is response compression, disabled (level 0):
+    /// it changes nothing, yet costs allocations and filter calls on every request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -67,7 +98,7 @@ impl ProxyHttp for KeyGateProxy {
             rejected: None,
             grant: None,
             allowance: None,
-            tried: Vec::new(),
+            tried: Tried::default(),
         }
     }
 
@@ -77,6 +108,7 @@ impl ProxyHttp for KeyGateProxy {
             headers: &request.headers,
             query: request.uri.query(),
             peer: edge::client_peer(session),
+            now: ctx.started,
         };
         match decide(&self.gateway, &ctx.settings, &facts).await {
             Ok(admitted) => {
@@ -98,18 +130,16 @@ impl ProxyHttp for KeyGateProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let peer =
-            self.gateway.upstreams.pick(&ctx.tried, &ctx.settings.config.upstream).ok_or_else(|| {
-                Error::create(
-                    ErrorType::HTTPStatus(502),
-                    ErrorSource::Upstream,
-                    Some("no healthy upstream".into()),
-                    None,
-                )
-            })?;
-        if let Some(addr) = peer._address.as_inet() {
-            ctx.tried.push(*addr);
-        }
+        let tried = ctx.tried.before_next();
+        let peer = self.gateway.upstreams.pick(tried, &ctx.settings.config.upstream).ok_or_else(|| {
+            Error::create(
+                ErrorType::HTTPStatus(502),
+                ErrorSource::Upstream,
+                Some("no healthy upstream".into()),
+                None,
+            )
+        })?;
+        ctx.tried.last = peer._address.as_inet().copied();
         Ok(peer)
     }
 
@@ -120,8 +150,8 @@ impl ProxyHttp for KeyGateProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(addr) = ctx.tried.last() {
-            self.gateway.upstreams.connect_failed(*addr);
+        if let Some(addr) = ctx.tried.last {
+            self.gateway.upstreams.connect_failed(addr);
         }
         // Nothing was sent on a failed connect, so any request may go to the next peer.
         if ctx.tried.len() < ctx.settings.config.upstream.peers.len() {
@@ -155,29 +185,25 @@ impl ProxyHttp for KeyGateProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let doomed: Vec<_> =
-            upstream.headers.keys().filter(|name| name.as_str().starts_with("x-keygate-")).cloned().collect();
-        for name in doomed {
-            upstream.remove_header(&name);
+        // Collected (a `Vec`) only when a client sent one, which is rare.
+        if upstream.headers.keys().any(is_ours) {
+            let doomed: Vec<_> = upstream.headers.keys().filter(|name| is_ours(name)).cloned().collect();
+            for name in doomed {
+                upstream.remove_header(&name);
+            }
         }
         if let Some(grant) = &ctx.grant {
-            // From bytes: an app may be UTF-8, which a header carries as opaque octets.
-            let app = http::HeaderValue::from_bytes(grant.app.as_bytes())
-                .map_err(|_| Error::explain(ErrorType::InternalError, "app is not a header value"))?;
+            let app = app_value(&grant.app)
+                .ok_or_else(|| Error::explain(ErrorType::InternalError, "app is not a header value"))?;
             upstream.insert_header("X-Keygate-App", app)?;
         }
-        let peer = edge::client_peer(session).to_string();
-        let forwarded = match upstream
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-        {
-            earlier if earlier.is_empty() => peer,
-            earlier => format!("{}, {peer}", earlier.join(", ")),
-        };
-        upstream.insert_header("X-Forwarded-For", forwarded)?;
+        let peer = edge::client_peer(session);
+        let earlier: Vec<&str> =
+            upstream.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        match earlier.is_empty() {
+            true => upstream.insert_header("X-Forwarded-For", forwarded_for(peer))?,
+            false => upstream.insert_header("X-Forwarded-For", format!("{}, {peer}", earlier.join(", ")))?,
+        }
         let api_key = &ctx.settings.config.api_key;
         if !api_key.forward {
             strip_key(upstream, &api_key.sources);
@@ -199,7 +225,7 @@ impl ProxyHttp for KeyGateProxy {
             path: session.req_header().uri.path(),
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             app: ctx.grant.as_ref().map(|g| &*g.app),
-            upstream: ctx.tried.last().copied(),
+            upstream: ctx.tried.last,
         };
         edge::record(&self.gateway, &ctx.settings, session, finished);
     }
@@ -209,6 +235,62 @@ impl ProxyHttp for KeyGateProxy {
         let request = session.req_header();
         format!("{} {}", request.method, request.uri.path())
     }
+}
+
+/// Whether a header name is one the gateway sets itself, which a client's must not pass for.
+fn is_ours(name: &http::HeaderName) -> bool {
+    name.as_str().starts_with("x-keygate-")
+}
+
+thread_local! {
+    /// The last peer this worker thread forwarded for, with its `X-Forwarded-For` value. Behind
+    /// a load balancer most requests come from a few peers: a hit costs a reference count, where
+    /// formatting the address costs two allocations.
+    static LAST_PEER: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+thread_local! {
+    /// The last app this worker thread forwarded for, with its `X-Keygate-App` value. App names
+    /// are shared by every key of an app (`grant::AppNames`), so a run of requests for one app
+    /// finds the very name here and costs a reference count, not a copy. Kept per thread rather
+    /// than in each grant: a value there would cost every cached key its own copy of the name.
+    static LAST_APP: RefCell<Option<(Arc<str>, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `app` as the value of `X-Keygate-App`; none if its bytes cannot be a header value.
+fn app_value(app: &Arc<str>) -> Option<HeaderValue> {
+    LAST_APP.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((name, value)) = &*last {
+            if Arc::ptr_eq(name, app) {
+                return Some(value.clone());
+            }
+        }
+        // From bytes: an app may be UTF-8, which a header carries as opaque octets.
+        let value = HeaderValue::from_bytes(app.as_bytes()).ok()?;
+        *last = Some((Arc::clone(app), value.clone()));
+        Some(value)
+    })
+}
+
+/// `peer` as the value of an `X-Forwarded-For` that had none.
+fn forwarded_for(peer: IpAddr) -> HeaderValue {
+    LAST_PEER.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((ip, value)) = &*last {
+            if *ip == peer {
+                return value.clone();
+            }
+        }
+        // An address's text is at most 45 bytes (IPv6 with an IPv4 tail).
+        let mut text = [0u8; 64];
+        let mut unwritten = &mut text[..];
+        let _ = write!(unwritten, "{peer}");
+        let written = 64 - unwritten.len();
+        let value = HeaderValue::from_bytes(&text[..written]).expect("an address is a header value");
+        *last = Some((peer, value.clone()));
+        value
+    })
 }
 
 /// Removes the key from what the upstream receives (`api_key.forward: false`).

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 /// (at once) or SIGQUIT (graceful upgrade). With `upgrade`, takes the listening sockets over
 /// from the running instance.
 pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: bool) -> anyhow::Result<()> {
-    let mut conf = ServerConf { threads: config.threads, ..ServerConf::default() };
+    let mut conf =
+        ServerConf { threads: config.threads, work_stealing: config.work_stealing, ..ServerConf::default() };
     conf.grace_period_seconds = Some(config.grace_period.as_secs());
     conf.graceful_shutdown_timeout_seconds = Some(config.grace_period.as_secs().max(1));
     if let Some(sock) = &config.upgrade_sock {

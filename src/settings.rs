@@ -130,6 +130,7 @@ impl Settings {
             ("admin_listen", old.admin_listen != new.admin_listen),
             ("auth_listen", old.auth_listen != new.auth_listen),
             ("threads", old.threads != new.threads),
+            ("work_stealing", old.work_stealing != new.work_stealing),
             ("pid_file", old.pid_file != new.pid_file),
             ("upgrade_sock", old.upgrade_sock != new.upgrade_sock),
             ("grace_period_s", old.grace_period != new.grace_period),

@@ -31,6 +31,9 @@ pub struct Config {
     /// The nginx `auth_request` listener, when configured.
     pub auth_listen: Option<Listener>,
     pub threads: usize,
+    /// Whether an idle worker thread takes tasks queued on a busy one (Pingora's
+    /// `work_stealing`); off, each thread runs its own single-threaded runtime.
+    pub work_stealing: bool,
     pub pid_file: Option<PathBuf>,
     pub upgrade_sock: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight requests (Pingora's own default is 300 s).
@@ -237,12 +240,15 @@ const MAX_CACHE_SECONDS: u64 = 10 * 365 * 86_400;
 /// The top level's documented defaults; each section's are its file type's `Default`.
 const GRACE_PERIOD_S: u64 = 5;
 const HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Off by default: see the README's performance section for the figures behind it.
+const WORK_STEALING: bool = false;
 
 const TOP_LEVEL: &[&str] = &[
     "listen",
     "admin_listen",
     "auth_listen",
     "threads",
+    "work_stealing",
     "pid_file",
     "upgrade_sock",
     "grace_period_s",
@@ -283,6 +289,7 @@ impl Config {
             p.field::<String>(&top, "auth_listen").and_then(|a| listener(&mut p, "auth_listen", &a, base));
         let threads = p.field::<usize>(&top, "threads");
         p.ensure(threads != Some(0), "threads", "must be at least 1");
+        let work_stealing = p.field::<bool>(&top, "work_stealing").unwrap_or(WORK_STEALING);
         let pid_file = p.field::<String>(&top, "pid_file").map(|f| base.join(f));
         let upgrade_sock = p.field::<String>(&top, "upgrade_sock").map(|f| base.join(f));
         let grace_period_s = p.field(&top, "grace_period_s").unwrap_or(GRACE_PERIOD_S);
@@ -312,6 +319,7 @@ impl Config {
                 auth_listen,
                 threads: threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                work_stealing,
                 pid_file,
                 upgrade_sock,
                 grace_period: Duration::from_secs(grace_period_s),

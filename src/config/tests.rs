@@ -223,3 +223,11 @@ fn the_limits_scope_is_local_or_fleet_and_sync_ms_is_bounded() {
     let problems = parse(&format!("{MINIMAL}rate_limit:\n  scope: global\n  sync_ms: 0\n")).unwrap_err();
     assert_eq!(fields(&problems), ["rate_limit.scope", "rate_limit.sync_ms"]);
 }
+
+#[test]
+fn work_stealing_is_a_bool_off_by_default() {
+    assert!(!parse(MINIMAL).unwrap().work_stealing);
+    assert!(parse(&format!("{MINIMAL}work_stealing: true\n")).unwrap().work_stealing);
+    let problems = parse(&format!("{MINIMAL}work_stealing: sometimes\n")).unwrap_err();
+    assert_eq!(fields(&problems), ["work_stealing"]);
+}

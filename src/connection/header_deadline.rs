@@ -9,8 +9,10 @@
 //! not under it (a slow upload is legitimate, and read timeouts cover it).
 //!
 //! The deadline is checked when a read is attempted, not by a timer: a client that trickles
-//! bytes is cut at its next read past the deadline. So the hot path costs a clock read per
-//! read, no timer-wheel work.
+//! bytes is cut at its next read past the deadline. So the hot path registers no timer at all:
+//! a keep-alive request costs one clock read to arm its deadline (the read that follows the
+//! response, which usually finds nothing yet) and one when its bytes arrive; reads of a body,
+//! with no deadline armed, read no clock.
 
 use pingora::protocols::Stream;
 use std::pin::Pin;
@@ -72,13 +74,17 @@ impl DeadlineStream {
         &mut self.inner
     }
 
-    fn arm_after_response(&mut self) {
-        if self.rearm {
-            self.deadline = Some(Instant::now() + self.timeout);
-            self.head_end = HeadEnd::default();
-            self.rearm = false;
-            self.past_first_request = true;
+    /// Arms the next request's deadline if a response has been written since the last; true
+    /// when it did (the deadline is then a whole `timeout` away).
+    fn arm_after_response(&mut self) -> bool {
+        if !self.rearm {
+            return false;
         }
+        self.deadline = Some(Instant::now() + self.timeout);
+        self.head_end = HeadEnd::default();
+        self.rearm = false;
+        self.past_first_request = true;
+        true
     }
 
     /// Looks for the end of the headers in bytes just read; lifts the deadline there.
@@ -151,8 +157,10 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        this.arm_after_response();
-        if this.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+        // Just armed, the deadline cannot have passed: no second clock read for it. Otherwise the
+        // clock is read only while headers are awaited (never for a body), once per read.
+        let just_armed = this.arm_after_response();
+        if !just_armed && this.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "request headers not complete within header_timeout_ms",

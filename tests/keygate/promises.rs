@@ -364,6 +364,30 @@ fn without_threads_the_gateway_runs_one_worker_per_cpu() {
     assert_eq!(proxy_threads(pinned.pid()), 1, "on one CPU");
 }
 
+/// `work_stealing`, on or off: the proxy runs the configured workers either way, and forwards
+/// with the app, for two apps in turn (the proxy keeps each worker's last app's header value).
+#[test]
+fn either_runtime_runs_the_configured_workers_and_forwards() {
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("runtime-key-acme", &[("app", "acme")]);
+    redis.put_key("runtime-key-zeta", &[("app", "zeta")]);
+    for stealing in [true, false] {
+        let setup = Setup::redis(&redis, &upstream).extra(&format!("work_stealing: {stealing}\n"));
+        let gateway = setup.start();
+        assert_eq!(proxy_threads(gateway.pid()), 2, "work_stealing: {stealing}");
+        for (key, app) in
+            [("runtime-key-acme", "acme"), ("runtime-key-zeta", "zeta"), ("runtime-key-acme", "acme")]
+        {
+            let before = upstream.count();
+            assert_eq!(gateway.with_key(key).status, 200, "work_stealing: {stealing}");
+            assert_eq!(upstream.count(), before + 1);
+            let received = upstream.received();
+            let last = received.last().expect("the request reached the upstream");
+            assert_eq!(last.header_values("x-keygate-app"), [app]);
+        }
+    }
+}
+
 // === the auth listener's 503s ===
 
 /// The documented 503 on the auth listener: JSON, `Retry-After`, and the code again in
