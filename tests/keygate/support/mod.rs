@@ -40,6 +40,42 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The inodes of the sockets listening on 127.0.0.1:`port`, from /proc/net/tcp.
+fn listening_inodes(port: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1] == local && f[3] == "0A")
+        .map(|f| f[9].to_string())
+        .collect()
+}
+
+/// The socket inodes process `pid` holds open.
+fn socket_inodes(pid: u32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect()
+}
+
+/// Whether process `pid` listens on 127.0.0.1:`port`.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let held = socket_inodes(pid);
+    listening_inodes(port).iter().any(|inode| held.contains(inode))
+}
+
+/// Whether some process other than `pid` listens on 127.0.0.1:`port`.
+fn held_by_another(pid: u32, port: u16) -> bool {
+    let held = socket_inodes(pid);
+    listening_inodes(port).iter().any(|inode| !held.contains(inode))
+}
+
 /// Retries `check` until it holds or `within` passes; the time it took.
 pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
@@ -462,9 +498,23 @@ impl Sent {
 
 impl Gateway {
     fn start(setup: Setup, wait_for_filter: bool) -> Gateway {
+        // A port picked free can be taken by another test's process before this gateway binds
+        // it; then requests would reach that process. A start whose gateway does not hold both
+        // its ports is retried on others.
+        for _ in 0..4 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            if let Some(gateway) = Gateway::spawn(&setup, addr, admin, wait_for_filter) {
+                return gateway;
+            }
+        }
+        panic!("four starts of keygate each found a port taken by another process");
+    }
+
+    /// The gateway on `addr` and `admin`, once it serves; `None` when another process holds
+    /// either port.
+    fn spawn(setup: &Setup, addr: SocketAddr, admin: SocketAddr, wait_for_filter: bool) -> Option<Gateway> {
         let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut yaml = format!(
             "listen: {:?}\nadmin_listen: \"{admin}\"\nthreads: 2\ngrace_period_s: {}\npid_file: keygate.pid\nupgrade_sock: upgrade.sock\nupstream:\n  peers: {:?}\n  health_check: {{kind: tcp, interval_ms: {}}}\n  connect_timeout_ms: 300\n  read_timeout_ms: 5000\nstore:\n{}",
             std::iter::once(addr.to_string()).chain(setup.listeners.iter().cloned()).collect::<Vec<_>>(),
@@ -495,11 +545,23 @@ impl Gateway {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let (used, sent) = (setup.used, Mutex::new(sent));
-        let gateway = Gateway { addr, admin, config, child, log, dir, used, sent };
+        let (used, sent) = (setup.used.clone(), Mutex::new(sent));
+        let mut gateway = Gateway { addr, admin, config, child, log, dir, used, sent };
+        let pid = gateway.child.id();
+        let up = eventually(Duration::from_secs(20), || {
+            let serving = listens_on(pid, addr.port()) && listens_on(pid, admin.port());
+            serving || gateway.child.try_wait().is_ok_and(|status| status.is_some())
+        });
+        if !(listens_on(pid, addr.port()) && listens_on(pid, admin.port())) {
+            if [addr, admin].iter().any(|a| held_by_another(pid, a.port())) {
+                let _ = gateway.child.kill();
+                let _ = gateway.child.wait();
+                return None;
+            }
+            panic!("keygate did not start ({up:?}):\n{}", gateway.logs());
+        }
         let up = eventually(Duration::from_secs(20), || {
             http::get(gateway.admin, "/healthz").is_ok_and(|r| r.status == 200)
-                && std::net::TcpStream::connect(gateway.addr).is_ok()
         });
         assert!(up.is_some(), "keygate did not start:\n{}", gateway.logs());
         if wait_for_filter && !setup_disables_filter {
@@ -509,7 +571,7 @@ impl Gateway {
             });
             assert!(trusted.is_some(), "the membership filter never became trusted:\n{}", gateway.logs());
         }
-        gateway
+        Some(gateway)
     }
 
     /// A request with `headers` (name, value pairs) to `path`. Whatever it sends as a key
