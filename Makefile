@@ -9,7 +9,9 @@
 #               benches/e2e.sh (wrk against keygate's floors: a Pingora pass-through and
 #               Pingora's cheapest rejection, built as keygate is; nginx beside them),
 #               benches/slowloris.sh (valid keys under a slowloris attack) and
-#               benches/flood.sh (memory through three floods); every wrk run checks its
+#               benches/flood.sh (memory through three floods), benches/fleet.sh (fleet
+#               limits: hot path against scope local, overshoot against the bound) and the
+#               fleet's sync cost and allocations per request; every wrk run checks its
 #               answers and fails the bench on a wrong one
 #   make fuzz   cargo-fuzz on key extraction and config parsing (nightly; FUZZ_SECONDS each)
 #   make soak   benches/soak.sh: 10 minutes at 60% load with Redis faults (not in CI)
@@ -75,6 +77,7 @@ bench: deps
 	benches/e2e.sh
 	benches/slowloris.sh
 	benches/flood.sh
+	benches/fleet.sh
 
 # Fuzzing (nightly, not in CI): FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 120

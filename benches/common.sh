@@ -1,4 +1,4 @@
-# Shared by the benches' scripts (e2e.sh, slowloris.sh, soak.sh): processes on loopback that
+# Shared by the benches' scripts (e2e.sh, slowloris.sh, soak.sh, fleet.sh): processes on loopback that
 # clean up after themselves, free ports, a fast upstream (nginx answering 200), a Redis loaded
 # with keys, keygate and its references on the same runtime, and wrk runs that check their
 # answers and read the proxy's CPU time.
@@ -71,36 +71,31 @@ redis_restart() {
 }
 
 # The runtime keygate and its references are given alike: KEYGATE_THREADS (1) worker threads
-# and KEYGATE_WORK_STEALING (true: Pingora's default, which keygate runs unless its config sets
-# `work_stealing`; set only when this build's config has the field).
+# and KEYGATE_WORK_STEALING (false: keygate's default `work_stealing`).
 threads=${KEYGATE_THREADS:-1}
-work_stealing=${KEYGATE_WORK_STEALING:-true}
+work_stealing=${KEYGATE_WORK_STEALING:-false}
 runtime_yaml() {
-    printf 'listen: ["127.0.0.1:1"]\nupstream: {peers: ["127.0.0.1:2"]}\nstore: {file: %s}\nwork_stealing: true\n' \
-        "$work/no-keys.yaml" > "$work/probe.yaml"
-    echo "keys: []" > "$work/no-keys.yaml"
     echo "threads: $threads"
-    if ./target/release/keygate -t -c "$work/probe.yaml" 2>/dev/null; then
-        echo "work_stealing: $work_stealing"
-    elif [ "$work_stealing" != true ]; then
-        echo "KEYGATE_WORK_STEALING=$work_stealing: this keygate has no work_stealing setting" >&2
-        exit 1
-    fi
+    echo "work_stealing: $work_stealing"
 }
 
-# keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: on KEYGATE_CPUS (core 0), limits off.
+# keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: on KEYGATE_CPUS (core 0), limits off
+# unless KEYGATE_RATE_LIMIT gives the `rate_limit` section's flow mapping; sets keygate_pid.
+# Its config is $work/keygate-PORT.yaml and its log $work/keygate-PORT.log.
 keygate_start() {
-    cat > "$work/keygate.yaml" <<CONF
+    local limits="{per_second: 1000000000, burst: 1000000000, unauthenticated_per_ip: {per_second: 1000000000, burst: 1000000000}}"
+    cat > "$work/keygate-$1.yaml" <<CONF
 listen: ["127.0.0.1:$1"]
 admin_listen: "127.0.0.1:$2"
 $(runtime_yaml)
 grace_period_s: 0
 upstream: {peers: ["127.0.0.1:$4"]}
 store: {redis: {url: "redis://127.0.0.1:$3/0"}}
-rate_limit: {per_second: 1000000000, burst: 1000000000, unauthenticated_per_ip: {per_second: 1000000000, burst: 1000000000}}
+rate_limit: ${KEYGATE_RATE_LIMIT:-$limits}
 ${5:-}
 CONF
-    RUST_LOG=warn taskset -c "${KEYGATE_CPUS:-0}" ./target/release/keygate -c "$work/keygate.yaml" 2>"$work/keygate.log" &
+    RUST_LOG=warn taskset -c "${KEYGATE_CPUS:-0}" ./target/release/keygate -c "$work/keygate-$1.yaml" \
+        2>"$work/keygate-$1.log" &
     keygate_pid=$!
     pids+=($keygate_pid)
     wait_port "$1"

@@ -12,7 +12,7 @@
 # interleaved; the table holds medians, ratios to the matching floor (the median of each
 # round's ratio) and Redis reads per request over all rounds. Part of `make bench`.
 #   BENCH_SECONDS (8) per run, BENCH_ROUNDS (3), BENCH_CONNECTIONS (32),
-#   KEYGATE_THREADS (1), KEYGATE_WORK_STEALING (true): the runtime of keygate and the floors,
+#   KEYGATE_THREADS (1), KEYGATE_WORK_STEALING (false): the runtime of keygate and the floors,
 #   BENCH_KEY_PREFIX (bench-key): the valid runs' keys; any other prefix shows the checks fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -20,14 +20,14 @@ pub struct Args {
 }
 
 impl Args {
-    /// THREADS (1) and WORK_STEALING (`true`, Pingora's default, which keygate runs unless its
-    /// config says otherwise) are the ones keygate is given in the same benchmark run.
+    /// THREADS (1) and WORK_STEALING (`false`, keygate's default `work_stealing`) are the ones
+    /// keygate is given in the same benchmark run.
     pub fn parse() -> Args {
         let mut args = std::env::args().skip(1);
         let listen = args.next().unwrap_or_else(|| "127.0.0.1:6200".into());
         let upstream = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
         let threads = args.next().map_or(1, |t| t.parse().expect("THREADS: a whole number"));
-        let work_stealing = args.next().is_none_or(|w| w.parse().expect("WORK_STEALING: true or false"));
+        let work_stealing = args.next().is_some_and(|w| w.parse().expect("WORK_STEALING: true or false"));
         // As keygate's server.rs sets it with `grace_period_s: 0`, which the benchmark gives it.
         let conf = ServerConf {
             threads,
