@@ -8,7 +8,7 @@
 #   make bench  criterion micro-benchmarks (the real decision), the memory figure,
 #               benches/e2e.sh (wrk against keygate's floors: a Pingora pass-through and
 #               Pingora's cheapest rejection, built as keygate is; nginx beside them),
-#               benches/slowloris.sh (valid keys under a slowloris attack) and
+#               benches/slowloris.sh (valid keys under a slowloris attack),
 #               benches/flood.sh (memory through three floods), benches/fleet.sh (fleet
 #               limits: hot path against scope local, overshoot against the bound) and the
 #               fleet's sync cost and allocations per request; every wrk run checks its
