@@ -81,7 +81,10 @@ runtime_yaml() {
 
 # keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: on KEYGATE_CPUS (core 0), limits off
 # unless KEYGATE_RATE_LIMIT gives the `rate_limit` section's flow mapping; sets keygate_pid.
-# Its config is $work/keygate-PORT.yaml and its log $work/keygate-PORT.log.
+# Its config is $work/keygate-PORT.yaml and its log $work/keygate-PORT.log. Redis shares core 1
+# with wrk running flat out, so a filter false positive's read can wait tens of milliseconds for
+# the core: a store timeout of 1 s keeps those reads answered (a 503 there would measure the
+# bench's scheduling, not keygate).
 keygate_start() {
     local limits="{per_second: 1000000000, burst: 1000000000, unauthenticated_per_ip: {per_second: 1000000000, burst: 1000000000}}"
     cat > "$work/keygate-$1.yaml" <<CONF
@@ -90,7 +93,7 @@ admin_listen: "127.0.0.1:$2"
 $(runtime_yaml)
 grace_period_s: 0
 upstream: {peers: ["127.0.0.1:$4"]}
-store: {redis: {url: "redis://127.0.0.1:$3/0"}}
+store: {redis: {url: "redis://127.0.0.1:$3/0", timeout_ms: 1000}}
 rate_limit: ${KEYGATE_RATE_LIMIT:-$limits}
 ${5:-}
 CONF
