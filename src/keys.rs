@@ -3,7 +3,9 @@
 //! Redis: the record is written (replaced whole by `add`) in one transaction, then its id is
 //! announced on `{prefix}invalidate`, so every gateway applies it within a second. Under
 //! Sentinel the master is asked of the sentinels, and asked again (for up to ten seconds) when
-//! it answers as a replica or goes away mid-command; in a cluster redis-rs's cluster client
+//! it answers as a replica or goes away mid-command, or when no replica acknowledged the write
+//! (see [`replicated`]: a write the old master took after its replica's promotion is lost when
+//! it is demoted, so it is done again on whichever master the sentinels name); in a cluster redis-rs's cluster client
 //! routes the record to its slot's master (classic PUBLISH reaches every node). File store:
 //! the entry is written by id (never the key itself) and the gateways pick it up on SIGHUP.
 //! Nothing here ever prints a key: output names the key's id.
@@ -28,6 +30,13 @@ pub enum KeyCommand {
     Show,
 }
 
+impl KeyCommand {
+    /// Whether it changes the store (and must survive a failover).
+    fn writes(&self) -> bool {
+        !matches!(self, KeyCommand::Show)
+    }
+}
+
 /// Runs `command` for `key` against the store `config` names; what to print on success.
 pub fn run(config: &Config, key: &str, command: KeyCommand) -> anyhow::Result<String> {
     let key = ApiKey::from_cli(key);
@@ -48,6 +57,10 @@ pub fn run(config: &Config, key: &str, command: KeyCommand) -> anyhow::Result<St
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(10);
 /// How long one connection may take to be made.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replica may take to acknowledge a write (`WAIT`): a connected replica does in a
+/// round trip; one that does not within this is taken as gone (or promoted), and the write is
+/// done again.
+const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a command against Redis did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +72,10 @@ enum Failure {
     /// Redis answered, and the answer is the end of it (no such record).
     #[error("{0}")]
     Refused(String),
+    /// The master took the write but no replica acknowledged it, while the sentinels hold a
+    /// replica able to take over: a failover may lose it.
+    #[error("no replica acknowledged the write; it may be lost if the master is replaced")]
+    NotReplicated,
 }
 
 async fn in_redis(
@@ -81,7 +98,12 @@ async fn in_redis(
                     SentinelGroup { master: master.clone(), sentinels: nodes.clone(), auth: auth.clone() };
                 match group.resolve().await {
                     Ok(address) => match connect(nodes::node_info(&address, auth)?).await {
-                        Ok(mut con) => apply(&mut con, prefix, id, &command).await,
+                        Ok(mut con) => match apply(&mut con, prefix, id, &command).await {
+                            Ok(message) if command.writes() => {
+                                replicated(&mut con, &group).await.map(|()| message)
+                            }
+                            other => other,
+                        },
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(Failure::Unreachable(e.to_string())),
@@ -101,11 +123,33 @@ async fn in_redis(
             Ok(message) => return Ok(message),
             // A master being replaced: ask again where it is, for a while.
             Err(Failure::Redis(e)) if nodes::may_have_moved(&e) && started.elapsed() < FAILOVER_PATIENCE => {}
-            Err(Failure::Unreachable(_)) if started.elapsed() < FAILOVER_PATIENCE => {}
+            Err(Failure::Unreachable(_) | Failure::NotReplicated)
+                if started.elapsed() < FAILOVER_PATIENCE => {}
             Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Whether the write just made over `con` (the master the sentinels named) will survive a
+/// failover. Sentinel promotes a replica without stopping writes on the master: during a
+/// failover the old master goes on answering as a master, and taking writes, until the
+/// sentinels demote it, and whatever it took after its replica's promotion is then thrown away.
+/// A replica that acknowledges the write (`WAIT 1`) has it; a promoted replica no longer
+/// acknowledges the old master, so a write the failover would lose is never acknowledged. When
+/// none acknowledges, the write stands only if the sentinels hold no replica able to take over
+/// (no failover can then replace the master); else it is done again wherever they name the
+/// master, until acknowledged. (Sentinel picks the replica furthest along to promote, so with
+/// several replicas the one acknowledging is the one promoted unless replica priorities say
+/// otherwise.) Asking the sentinels after the write instead would not do: they name the old
+/// master until the failover ends, a second or more after the promotion.
+async fn replicated(con: &mut MultiplexedConnection, group: &SentinelGroup) -> Result<(), Failure> {
+    let acknowledged: usize =
+        redis::cmd("WAIT").arg(1).arg(REPLICA_ACK_TIMEOUT.as_millis() as u64).query_async(con).await?;
+    if acknowledged >= 1 || group.replicas_standing_by().await == Some(0) {
+        return Ok(());
+    }
+    Err(Failure::NotReplicated)
 }
 
 async fn connect(info: redis::ConnectionInfo) -> Result<MultiplexedConnection, Failure> {
