@@ -10,7 +10,7 @@
 //! the entry is written by id (never the key itself) and the gateways pick it up on SIGHUP.
 //! Nothing here ever prints a key: output names the key's id.
 
-use crate::config::{Config, RedisAuth, RedisNodes, StoreBackend};
+use crate::config::{Config, NodeAddress, RedisAuth, RedisNodes, StoreBackend};
 use crate::key::{ApiKey, KeyId};
 use crate::store::nodes;
 use crate::store::record::{unix_now, KeyRecord};
@@ -100,7 +100,7 @@ async fn in_redis(
                     Ok(address) => match connect(nodes::node_info(&address, auth)?).await {
                         Ok(mut con) => match apply(&mut con, prefix, id, &command).await {
                             Ok(message) if command.writes() => {
-                                replicated(&mut con, &group).await.map(|()| message)
+                                replicated(&mut con, &group, &address).await.map(|()| message)
                             }
                             other => other,
                         },
@@ -137,16 +137,23 @@ async fn in_redis(
 /// sentinels demote it, and whatever it took after its replica's promotion is then thrown away.
 /// A replica that acknowledges the write (`WAIT 1`) has it; a promoted replica no longer
 /// acknowledges the old master, so a write the failover would lose is never acknowledged. When
-/// none acknowledges, the write stands only if the sentinels hold no replica able to take over
-/// (no failover can then replace the master); else it is done again wherever they name the
-/// master, until acknowledged. (Sentinel picks the replica furthest along to promote, so with
-/// several replicas the one acknowledging is the one promoted unless replica priorities say
-/// otherwise.) Asking the sentinels after the write instead would not do: they name the old
-/// master until the failover ends, a second or more after the promotion.
-async fn replicated(con: &mut MultiplexedConnection, group: &SentinelGroup) -> Result<(), Failure> {
+/// none acknowledges (a master with no replica, or one whose replica was promoted, or whose old
+/// master is not yet reconfigured as its replica), the write stands only if every sentinel that
+/// answers names this master and none is failing it over; else it is done again wherever they
+/// name the master, until it stands. (The sentinel leading a failover names the old master
+/// until it ends, a second or more after the promotion, but says meanwhile that a failover is
+/// in progress. Its word alone would not do: a write made just before a failover began may not
+/// have reached the replica promoted; an acknowledgement says it has.) (Replication stays asynchronous: a write no
+/// replica acknowledged within the timeout, on a master no one was failing over, can still be
+/// lost if a lagging replica is promoted later, as with any Redis writer.)
+async fn replicated(
+    con: &mut MultiplexedConnection,
+    group: &SentinelGroup,
+    master: &NodeAddress,
+) -> Result<(), Failure> {
     let acknowledged: usize =
         redis::cmd("WAIT").arg(1).arg(REPLICA_ACK_TIMEOUT.as_millis() as u64).query_async(con).await?;
-    if acknowledged >= 1 || group.replicas_standing_by().await == Some(0) {
+    if acknowledged >= 1 || group.settled_on(master).await {
         return Ok(());
     }
     Err(Failure::NotReplicated)

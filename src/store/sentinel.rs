@@ -112,22 +112,29 @@ impl SentinelGroup {
         Err(last)
     }
 
-    /// How many replicas of the master the sentinels hold able to take over (neither down nor
-    /// disconnected), as the first sentinel that answers says; `None` if none answers.
-    pub async fn replicas_standing_by(&self) -> Option<usize> {
+    /// Whether every sentinel that answers (one at least) names `master` and is not failing
+    /// it over: then no failover that could lose a write made on it is under way. The sentinel
+    /// leading a failover says so (`failover_in_progress`) from its start until the new master
+    /// is named; the others name the new master as soon as they hear of the promotion.
+    pub async fn settled_on(&self, master: &NodeAddress) -> bool {
+        let mut answered = false;
         for sentinel in &self.sentinels {
             let Ok(info) = nodes::node_info(sentinel, &RedisAuth::default()) else { continue };
             let Ok(mut connection) = nodes::connect(info, ASK_TIMEOUT).await else { continue };
-            let answer: Result<Vec<HashMap<String, String>>, _> =
-                redis::cmd("SENTINEL").arg("REPLICAS").arg(&self.master).query_async(&mut connection).await;
-            if let Ok(replicas) = answer {
-                let able = |flags: &str| {
-                    !flags.split(',').any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
-                };
-                return Some(replicas.iter().filter(|r| r.get("flags").is_some_and(|f| able(f))).count());
+            let mut ask = redis::pipe();
+            ask.cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
+            ask.cmd("SENTINEL").arg("MASTER").arg(&self.master);
+            let answer: Result<(Option<(String, u16)>, HashMap<String, String>), _> =
+                ask.query_async(&mut connection).await;
+            let Ok((named, state)) = answer else { continue };
+            let failing_over =
+                state.get("flags").is_some_and(|flags| flags.split(',').any(|f| f == "failover_in_progress"));
+            if failing_over || named.is_none_or(|(host, port)| host != master.host || port != master.port) {
+                return false;
             }
+            answered = true;
         }
-        None
+        answered
     }
 
     /// One sentinel's answer: the master's address, or `None` if it knows no such master.

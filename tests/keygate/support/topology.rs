@@ -480,3 +480,36 @@ pub fn put_keys(writer: &dyn KeyWriter, stem: &str, count: usize) -> Vec<String>
 pub fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_keygate")).args(args).arg("-c").arg(config).output().unwrap()
 }
+
+/// Polls the node on `port` every 2 ms until it answers `ROLE` as a master; the moment it did,
+/// and a connection to it. Connects again after an error: Sentinel kills a promoted replica's
+/// clients.
+pub fn until_master(port: u16, within: Duration) -> (std::time::Instant, redis::Connection) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the node on {port} never answered as a master");
+        if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) {
+            let _ = con.set_read_timeout(Some(Duration::from_secs(1)));
+            loop {
+                match redis::cmd("ROLE").query::<Vec<redis::Value>>(&mut con) {
+                    Ok(role) if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") =>
+                    {
+                        return (std::time::Instant::now(), con);
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(2)),
+                    Err(_) => break,
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Connects to the node on `port` again (after Sentinel killed the clients of a promoted node).
+pub fn connect_to(port: u16) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let con = client.get_connection_with_timeout(Duration::from_secs(1)).unwrap();
+    con.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    con
+}
