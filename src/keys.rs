@@ -151,8 +151,19 @@ async fn replicated(
     group: &SentinelGroup,
     master: &NodeAddress,
 ) -> Result<(), Failure> {
-    let acknowledged: usize =
-        redis::cmd("WAIT").arg(1).arg(REPLICA_ACK_TIMEOUT.as_millis() as u64).query_async(con).await?;
+    // With no replica connected none can acknowledge: the sentinels' word is all there is, and
+    // waiting out the timeout (a master alone, or just after a failover) would only slow `keys`.
+    let info: String = redis::cmd("INFO").arg("replication").query_async(con).await?;
+    let connected = info
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_slaves:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let acknowledged: usize = if connected > 0 {
+        redis::cmd("WAIT").arg(1).arg(REPLICA_ACK_TIMEOUT.as_millis() as u64).query_async(con).await?
+    } else {
+        0
+    };
     if acknowledged >= 1 || group.settled_on(master).await {
         return Ok(());
     }

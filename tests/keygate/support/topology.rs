@@ -153,11 +153,19 @@ impl Server {
 
     /// The fields of `INFO section`.
     pub fn info(&self, section: &str) -> HashMap<String, String> {
-        let text: String = redis::cmd("INFO").arg(section).query(&mut self.connection()).unwrap();
-        text.lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-            .collect()
+        self.try_info(section).unwrap_or_else(|| panic!("redis on {} answers INFO", self.port))
+    }
+
+    /// The fields of `INFO section`, if the server answers now (a replica loading what its new
+    /// master sent does not answer PING).
+    pub fn try_info(&self, section: &str) -> Option<HashMap<String, String>> {
+        let text: String = redis::cmd("INFO").arg(section).query(&mut self.try_connection()?).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
+        )
     }
 }
 
@@ -207,9 +215,10 @@ impl SentinelGroup {
         let settled = eventually(Duration::from_secs(30), || {
             let master = self.master_port();
             let replicas_synced = self.nodes.iter().filter(|n| n.is_running() && n.port != master).all(|n| {
-                let info = n.info("replication");
-                info.get("master_link_status").is_some_and(|s| s == "up")
-                    && info.get("master_port").is_some_and(|p| *p == master.to_string())
+                n.try_info("replication").is_some_and(|info| {
+                    info.get("master_link_status").is_some_and(|s| s == "up")
+                        && info.get("master_port").is_some_and(|p| *p == master.to_string())
+                })
             });
             replicas_synced
                 && self.sentinels.iter().filter(|s| s.is_running()).all(|sentinel| {
