@@ -124,7 +124,7 @@ impl SentinelGroup {
             let mut ask = redis::pipe();
             ask.cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
             ask.cmd("SENTINEL").arg("MASTER").arg(&self.master);
-            let answer: Result<(Option<(String, u16)>, HashMap<String, String>), _> =
+            let answer: Result<(Option<(String, u16)>, MasterState), _> =
                 ask.query_async(&mut connection).await;
             let Ok((named, state)) = answer else { continue };
             let failing_over =
@@ -159,6 +159,9 @@ impl SentinelGroup {
         info.is_master().then(|| info.field("master_replid").map(str::to_string)).flatten()
     }
 }
+
+/// What `SENTINEL MASTER` says of the master: its fields (`flags`, ...).
+type MasterState = HashMap<String, String>;
 
 /// What `INFO replication` says.
 struct Replication(HashMap<String, String>);
