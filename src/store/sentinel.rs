@@ -322,6 +322,11 @@ async fn follow(shared: Arc<Shared>) {
     }
     subscriptions.spawn(watch_promotions(Arc::clone(&shared), heard.clone()));
     let mut logged_failure = false;
+    // Lookups failing all at once ask once: after asking, the next question waits out
+    // `SUSPICION_GAP`. What the sentinels announce meanwhile is acted on at once (a selected
+    // replica must be followed before its promotion), so the wait is a deadline, not a sleep.
+    let mut ask_pending = false;
+    let mut quiet_until = tokio::time::Instant::now();
     loop {
         let wait = if shared.current.load().is_some() { CONFIRM_EVERY } else { RETRY_EVERY };
         let ask = tokio::select! {
@@ -343,10 +348,13 @@ async fn follow(shared: Arc<Shared>) {
             },
             _ = shared.suspicion.notified() => true,
             _ = tokio::time::sleep(wait) => true,
+            _ = tokio::time::sleep_until(quiet_until), if ask_pending => true,
         };
-        if !ask {
+        ask_pending |= ask;
+        if !ask_pending || tokio::time::Instant::now() < quiet_until {
             continue;
         }
+        ask_pending = false;
         match shared.group.resolve_with_id().await {
             Ok((address, id)) => {
                 logged_failure = false;
@@ -370,8 +378,7 @@ async fn follow(shared: Arc<Shared>) {
             }
             Err(_) => {}
         }
-        // Lookups failing all at once ask once.
-        tokio::time::sleep(SUSPICION_GAP).await;
+        quiet_until = tokio::time::Instant::now() + SUSPICION_GAP;
     }
 }
 

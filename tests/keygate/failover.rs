@@ -327,7 +327,14 @@ fn cluster_failovers_forced_and_by_a_dead_master_refuse_no_valid_key() {
 fn a_key_written_on_the_new_sentinel_master_as_it_serves_is_never_refused() {
     let group = SentinelGroup::start();
     let upstream = Upstream::start();
-    let gateway = Setup::with_store_yaml(group.store_yaml(), &upstream).start();
+    // Without the membership filter every request for the fresh key is a store read, so each
+    // one says where the gateway reads. (With it, a key is let through once its announcement
+    // has been applied, a few milliseconds after it is published on any store, failover or
+    // not: a request sent before that may be refused, which this test would mistake for the
+    // failover's doing. The announcement being heard on the new master is the other test's.)
+    let gateway = Setup::with_store_yaml(group.store_yaml(), &upstream)
+        .extra("filter: {enabled: false}")
+        .start_untrusted();
     let warm = put_keys(&group, "warm", 1);
     group.announce(&warm[0]);
     let ready = eventually(Duration::from_secs(5), || gateway.with_key(&warm[0]).status == 200);
@@ -362,10 +369,10 @@ fn a_key_written_on_the_new_sentinel_master_as_it_serves_is_never_refused() {
     let refused: Vec<_> = answers.iter().filter(|(_, status, _)| *status == 401 || *status == 403).collect();
     assert!(
         refused.is_empty(),
-        "a key written on the new master as it began to serve was refused {} times of {}, first {:?}:\n{}",
+        "a key written on the new master as it began to serve was refused {} times of {}: {:?}:\n{}",
         refused.len(),
         answers.len(),
-        refused[0],
+        &refused[..refused.len().min(10)],
         gateway.logs()
     );
     let unexpected = answers.iter().find(|(_, status, _)| *status != 200 && *status != 503);
