@@ -3,12 +3,14 @@
 //! Redis: the record is written (replaced whole by `add`) in one transaction, then its id is
 //! announced on `{prefix}invalidate`, so every gateway applies it within a second. Under
 //! Sentinel the master is asked of the sentinels, and asked again (for up to ten seconds) when
-//! it answers as a replica or goes away mid-command; in a cluster redis-rs's cluster client
+//! it answers as a replica or goes away mid-command, or when no replica acknowledged the write
+//! (see [`replicated`]: a write the old master took after its replica's promotion is lost when
+//! it is demoted, so it is done again on whichever master the sentinels name); in a cluster redis-rs's cluster client
 //! routes the record to its slot's master (classic PUBLISH reaches every node). File store:
 //! the entry is written by id (never the key itself) and the gateways pick it up on SIGHUP.
 //! Nothing here ever prints a key: output names the key's id.
 
-use crate::config::{Config, RedisAuth, RedisNodes, StoreBackend};
+use crate::config::{Config, NodeAddress, RedisAuth, RedisNodes, StoreBackend};
 use crate::key::{ApiKey, KeyId};
 use crate::store::nodes;
 use crate::store::record::{unix_now, KeyRecord};
@@ -26,6 +28,13 @@ pub enum KeyCommand {
     Add(KeyRecord),
     Revoke,
     Show,
+}
+
+impl KeyCommand {
+    /// Whether it changes the store (and must survive a failover).
+    fn writes(&self) -> bool {
+        !matches!(self, KeyCommand::Show)
+    }
 }
 
 /// Runs `command` for `key` against the store `config` names; what to print on success.
@@ -48,6 +57,10 @@ pub fn run(config: &Config, key: &str, command: KeyCommand) -> anyhow::Result<St
 const FAILOVER_PATIENCE: Duration = Duration::from_secs(10);
 /// How long one connection may take to be made.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replica may take to acknowledge a write (`WAIT`): a connected replica does in a
+/// round trip; one that does not within this is taken as gone (or promoted), and the write is
+/// done again.
+const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a command against Redis did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +72,10 @@ enum Failure {
     /// Redis answered, and the answer is the end of it (no such record).
     #[error("{0}")]
     Refused(String),
+    /// The master took the write but no replica acknowledged it, while the sentinels hold a
+    /// replica able to take over: a failover may lose it.
+    #[error("no replica acknowledged the write; it may be lost if the master is replaced")]
+    NotReplicated,
 }
 
 async fn in_redis(
@@ -81,7 +98,12 @@ async fn in_redis(
                     SentinelGroup { master: master.clone(), sentinels: nodes.clone(), auth: auth.clone() };
                 match group.resolve().await {
                     Ok(address) => match connect(nodes::node_info(&address, auth)?).await {
-                        Ok(mut con) => apply(&mut con, prefix, id, &command).await,
+                        Ok(mut con) => match apply(&mut con, prefix, id, &command).await {
+                            Ok(message) if command.writes() => {
+                                replicated(&mut con, &group, &address).await.map(|()| message)
+                            }
+                            other => other,
+                        },
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(Failure::Unreachable(e.to_string())),
@@ -101,11 +123,51 @@ async fn in_redis(
             Ok(message) => return Ok(message),
             // A master being replaced: ask again where it is, for a while.
             Err(Failure::Redis(e)) if nodes::may_have_moved(&e) && started.elapsed() < FAILOVER_PATIENCE => {}
-            Err(Failure::Unreachable(_)) if started.elapsed() < FAILOVER_PATIENCE => {}
+            Err(Failure::Unreachable(_) | Failure::NotReplicated)
+                if started.elapsed() < FAILOVER_PATIENCE => {}
             Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Whether the write just made over `con` (the master the sentinels named) will survive a
+/// failover. Sentinel promotes a replica without stopping writes on the master: during a
+/// failover the old master goes on answering as a master, and taking writes, until the
+/// sentinels demote it, and whatever it took after its replica's promotion is then thrown away.
+/// A replica that acknowledges the write (`WAIT 1`) has it; a promoted replica no longer
+/// acknowledges the old master, so a write the failover would lose is never acknowledged. When
+/// none acknowledges (a master with no replica, or one whose replica was promoted, or whose old
+/// master is not yet reconfigured as its replica), the write stands only if every sentinel that
+/// answers names this master and none is failing it over; else it is done again wherever they
+/// name the master, until it stands. (The sentinel leading a failover names the old master
+/// until it ends, a second or more after the promotion, but says meanwhile that a failover is
+/// in progress. Its word alone would not do: a write made just before a failover began may not
+/// have reached the replica promoted; an acknowledgement says it has.) (Replication stays asynchronous: a write no
+/// replica acknowledged within the timeout, on a master no one was failing over, can still be
+/// lost if a lagging replica is promoted later, as with any Redis writer.)
+async fn replicated(
+    con: &mut MultiplexedConnection,
+    group: &SentinelGroup,
+    master: &NodeAddress,
+) -> Result<(), Failure> {
+    // With no replica connected none can acknowledge: the sentinels' word is all there is, and
+    // waiting out the timeout (a master alone, or just after a failover) would only slow `keys`.
+    let info: String = redis::cmd("INFO").arg("replication").query_async(con).await?;
+    let connected = info
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_slaves:"))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let acknowledged: usize = if connected > 0 {
+        redis::cmd("WAIT").arg(1).arg(REPLICA_ACK_TIMEOUT.as_millis() as u64).query_async(con).await?
+    } else {
+        0
+    };
+    if acknowledged >= 1 || group.settled_on(master).await {
+        return Ok(());
+    }
+    Err(Failure::NotReplicated)
 }
 
 async fn connect(info: redis::ConnectionInfo) -> Result<MultiplexedConnection, Failure> {

@@ -16,6 +16,18 @@
 //! answers as a master whose previous replication id (`master_replid2`) is our master's is its
 //! successor, promoted, and is followed at once. The same lineage keeps the old master, which
 //! goes on answering as a master until the sentinels demote it, from being taken back.
+//!
+//! Even that is late by up to a poll: a key written on the new master the moment it serves,
+//! asked of the gateway before the poll notices, would be read on the old master and refused
+//! (and the membership filter, still fed by the old master's announcements, refuses it without
+//! a read). So the gateway also moves *before* the promotion: the leading sentinel announces
+//! the replica it chose (`+selected-slave`) at least one of its timer ticks (50-100 ms) before
+//! it tells that replica to become master. A replica serves reads of everything its master
+//! wrote, and carries the master's announcements (PUBLISH is replicated), so from then on the
+//! lookups read, the filter is rebuilt from, and the subscription listens on the node that is
+//! about to serve: nothing written on it after its promotion can be missed. The old master is
+//! marked superseded for [`SELECTED_PATIENCE`]: should the failover be abandoned, the sentinels
+//! go on naming it and the gateway goes back to it then.
 //! When the master moves, the lookups' connection is replaced by one to the new master, the
 //! move is counted (`keygate_store_failovers_total`), and the invalidation listener, which
 //! watches [`SentinelMaster::moves`], subscribes again on the new master.
@@ -29,7 +41,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::RedisError;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -47,6 +59,10 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 /// gateway then follows the new master within this (and a round trip) of its first serving,
 /// well inside the second in which invalidations must be heard again.
 const PROMOTION_POLL: Duration = Duration::from_millis(250);
+/// How long a replica the sentinels selected for promotion is followed while they still name
+/// the old master: past the sentinels' own failover timeout (a failover not done by then is
+/// abandoned), after which the old master is taken back if they still name it.
+const SELECTED_PATIENCE: Duration = Duration::from_secs(10);
 /// The pings that notice a dead sentinel subscription, and the wait before subscribing again.
 const PING_EVERY: Duration = Duration::from_secs(1);
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
@@ -96,6 +112,31 @@ impl SentinelGroup {
         Err(last)
     }
 
+    /// Whether every sentinel that answers (one at least) names `master` and is not failing
+    /// it over: then no failover that could lose a write made on it is under way. The sentinel
+    /// leading a failover says so (`failover_in_progress`) from its start until the new master
+    /// is named; the others name the new master as soon as they hear of the promotion.
+    pub async fn settled_on(&self, master: &NodeAddress) -> bool {
+        let mut answered = false;
+        for sentinel in &self.sentinels {
+            let Ok(info) = nodes::node_info(sentinel, &RedisAuth::default()) else { continue };
+            let Ok(mut connection) = nodes::connect(info, ASK_TIMEOUT).await else { continue };
+            let mut ask = redis::pipe();
+            ask.cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
+            ask.cmd("SENTINEL").arg("MASTER").arg(&self.master);
+            let answer: Result<(Option<(String, u16)>, MasterState), _> =
+                ask.query_async(&mut connection).await;
+            let Ok((named, state)) = answer else { continue };
+            let failing_over =
+                state.get("flags").is_some_and(|flags| flags.split(',').any(|f| f == "failover_in_progress"));
+            if failing_over || named.is_none_or(|(host, port)| host != master.host || port != master.port) {
+                return false;
+            }
+            answered = true;
+        }
+        answered
+    }
+
     /// One sentinel's answer: the master's address, or `None` if it knows no such master.
     async fn ask(&self, sentinel: &NodeAddress) -> Result<Option<NodeAddress>, RedisError> {
         // The sentinels' own auth is theirs: the data nodes' credentials are not sent to them.
@@ -118,6 +159,9 @@ impl SentinelGroup {
         info.is_master().then(|| info.field("master_replid").map(str::to_string)).flatten()
     }
 }
+
+/// What `SENTINEL MASTER` says of the master: its fields (`flags`, ...).
+type MasterState = HashMap<String, String>;
 
 /// What `INFO replication` says.
 struct Replication(HashMap<String, String>);
@@ -183,14 +227,28 @@ struct Shared {
     moves: watch::Sender<u64>,
     /// Poked when a lookup's error says the master may have moved.
     suspicion: Notify,
-    /// The replication id of a master left for its promoted replica: while a sentinel still
-    /// names that server (it answers as a master until demoted), it is behind, not a move.
-    superseded: std::sync::Mutex<Option<String>>,
+    /// The replication id of a master left for its promoted (or selected) replica: while a
+    /// sentinel still names that server (it answers as a master until demoted), it is behind,
+    /// not a move. Left for a replica only selected, until the deadline.
+    superseded: std::sync::Mutex<Option<Superseded>>,
+    /// The master's address and replication id as last read, for a move made on a sentinel's
+    /// word before the promotion.
+    lineage: std::sync::Mutex<Option<(NodeAddress, String)>>,
     failovers: IntCounter,
+}
+
+/// A master left for its successor.
+struct Superseded {
+    /// Its replication id, which it keeps until demoted.
+    id: String,
+    /// `None` once the successor was seen promoted; else when to stop believing it will be.
+    until: Option<Instant>,
 }
 
 /// What a sentinel subscription heard.
 enum Heard {
+    /// The leading sentinel chose this replica of our master (at this address) to promote.
+    Selected { replica: NodeAddress, master: NodeAddress },
     /// `+switch-master` for our master: it is now at this address.
     Switch(NodeAddress),
     /// A subscription began: a switch may have been missed before it, so ask.
@@ -210,6 +268,7 @@ impl SentinelMaster {
             moves: watch::Sender::new(0),
             suspicion: Notify::new(),
             superseded: std::sync::Mutex::new(None),
+            lineage: std::sync::Mutex::new(None),
             failovers,
         });
         let follower = tokio::spawn(follow(Arc::clone(&shared)));
@@ -263,6 +322,11 @@ async fn follow(shared: Arc<Shared>) {
     }
     subscriptions.spawn(watch_promotions(Arc::clone(&shared), heard.clone()));
     let mut logged_failure = false;
+    // Lookups failing all at once ask once: after asking, the next question waits out
+    // `SUSPICION_GAP`. What the sentinels announce meanwhile is acted on at once (a selected
+    // replica must be followed before its promotion), so the wait is a deadline, not a sleep.
+    let mut ask_pending = false;
+    let mut quiet_until = tokio::time::Instant::now();
     loop {
         let wait = if shared.current.load().is_some() { CONFIRM_EVERY } else { RETRY_EVERY };
         let ask = tokio::select! {
@@ -272,23 +336,34 @@ async fn follow(shared: Arc<Shared>) {
                     false
                 }
                 Some(Heard::Promoted { address, predecessor }) => {
-                    *shared.lock_superseded() = Some(predecessor);
+                    *shared.lock_superseded() = Some(Superseded { id: predecessor, until: None });
                     shared.move_to(address);
+                    false
+                }
+                Some(Heard::Selected { replica, master }) => {
+                    shared.follow_selected(replica, master).await;
                     false
                 }
                 Some(Heard::Subscribed) | None => true,
             },
             _ = shared.suspicion.notified() => true,
             _ = tokio::time::sleep(wait) => true,
+            _ = tokio::time::sleep_until(quiet_until), if ask_pending => true,
         };
-        if !ask {
+        ask_pending |= ask;
+        if !ask_pending || tokio::time::Instant::now() < quiet_until {
             continue;
         }
+        ask_pending = false;
         match shared.group.resolve_with_id().await {
             Ok((address, id)) => {
                 logged_failure = false;
                 let mut superseded = shared.lock_superseded();
-                if superseded.as_ref() == Some(&id) {
+                if superseded.as_ref().is_some_and(|s| s.until.is_some_and(|until| until <= Instant::now())) {
+                    // The selected replica was never promoted: the failover was abandoned.
+                    *superseded = None;
+                }
+                if superseded.as_ref().is_some_and(|s| s.id == id) {
                     // The old master, not demoted yet: the sentinels have not caught up.
                 } else if shared.current.load().as_ref().is_some_and(|m| m.address == address) {
                     *superseded = None; // they agree with the promotion followed
@@ -303,14 +378,40 @@ async fn follow(shared: Arc<Shared>) {
             }
             Err(_) => {}
         }
-        // Lookups failing all at once ask once.
-        tokio::time::sleep(SUSPICION_GAP).await;
+        quiet_until = tokio::time::Instant::now() + SUSPICION_GAP;
     }
 }
 
 impl Shared {
-    fn lock_superseded(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+    fn lock_superseded(&self) -> std::sync::MutexGuard<'_, Option<Superseded>> {
         self.superseded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_lineage(&self) -> std::sync::MutexGuard<'_, Option<(NodeAddress, String)>> {
+        self.lineage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A sentinel chose `replica` to replace `master`: if that is ours, follow the replica now,
+    /// before it is promoted (see the module doc), and hold the old master as superseded for a
+    /// while.
+    async fn follow_selected(&self, replica: NodeAddress, master: NodeAddress) {
+        if !self.current.load().as_ref().is_some_and(|m| m.address == master) {
+            return; // old news, or another group's
+        }
+        let known = self.lock_lineage().as_ref().filter(|(at, _)| *at == master).map(|(_, id)| id.clone());
+        // A master frozen or gone cannot say; it is then not taken back until its id is known.
+        let id = match known {
+            Some(id) => Some(id),
+            None => self.group.master_id(&master).await,
+        };
+        if let Some(id) = id {
+            *self.lock_superseded() =
+                Some(Superseded { id, until: Some(Instant::now() + SELECTED_PATIENCE) });
+        }
+        log::warn!(
+            "key store: the sentinels chose {replica} to replace master {master}; reading from it now"
+        );
+        self.move_to(replica);
     }
 
     /// Points the lookups at `address`, if that is a move.
@@ -384,6 +485,14 @@ async fn watch_promotions(shared: Arc<Shared>, heard: mpsc::Sender<Heard>) {
         }
         if let Some(info) = ask_replication(&mut connections, &master.address, &shared.group.auth).await {
             if let (true, Some(id)) = (info.is_master(), info.field("master_replid")) {
+                *shared.lock_lineage() = Some((master.address.clone(), id.to_string()));
+                // A replica followed on the sentinels' choice, now promoted: the old master is
+                // superseded for good.
+                if let Some(superseded) = shared.lock_superseded().as_mut() {
+                    if info.field("master_replid2") == Some(superseded.id.as_str()) {
+                        superseded.until = None;
+                    }
+                }
                 known = Some((master.address.clone(), id.to_string(), info.replicas()));
             }
         }
@@ -427,8 +536,12 @@ async fn listen(sentinel: NodeAddress, master: String, heard: mpsc::Sender<Heard
                     message = messages.next() => {
                         let Some(message) = message else { break };
                         let payload: String = message.get_payload().unwrap_or_default();
-                        if let Some(address) = switched_to(&payload, &master) {
-                            let _ = heard.send(Heard::Switch(address)).await;
+                        let news = match message.get_channel_name() {
+                            SELECTED => selected(&payload, &master),
+                            _ => switched_to(&payload, &master).map(Heard::Switch),
+                        };
+                        if let Some(news) = news {
+                            let _ = heard.send(news).await;
                         }
                     }
                     _ = ping.tick() => {
@@ -447,12 +560,32 @@ async fn subscribe(sentinel: &NodeAddress) -> Result<redis::aio::PubSub, RedisEr
     let subscribe = async {
         let client = redis::Client::open(nodes::node_info(sentinel, &RedisAuth::default())?)?;
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe("+switch-master").await?;
+        pubsub.subscribe(&[SWITCHED, SELECTED]).await?;
         Ok(pubsub)
     };
     tokio::time::timeout(ASK_TIMEOUT * 2, subscribe)
         .await
         .unwrap_or_else(|_| Err(RedisError::from((redis::ErrorKind::Io, "subscribe timed out"))))
+}
+
+/// The sentinels' announcement that the master moved.
+const SWITCHED: &str = "+switch-master";
+/// The leading sentinel's announcement of the replica it will promote.
+const SELECTED: &str = "+selected-slave";
+
+/// `+selected-slave`'s payload, `slave <ip>:<port> <ip> <port> @ <name> <master-ip>
+/// <master-port>`: the replica and the master it is to replace, if that is `master`.
+fn selected(payload: &str, master: &str) -> Option<Heard> {
+    let fields: Vec<&str> = payload.split_whitespace().collect();
+    match fields.as_slice() {
+        ["slave", _, host, port, "@", name, master_host, master_port] if *name == master => {
+            Some(Heard::Selected {
+                replica: NodeAddress { host: host.to_string(), port: port.parse().ok()? },
+                master: NodeAddress { host: master_host.to_string(), port: master_port.parse().ok()? },
+            })
+        }
+        _ => None,
+    }
 }
 
 /// `+switch-master`'s payload, `<name> <old-ip> <old-port> <new-ip> <new-port>`: the new
@@ -477,6 +610,18 @@ mod tests {
         assert_eq!(moved, Some(NodeAddress { host: "127.0.0.1".into(), port: 7002 }));
         assert_eq!(switched_to("other 127.0.0.1 7001 127.0.0.1 7002", "keygate"), None);
         assert_eq!(switched_to("keygate 127.0.0.1 7001", "keygate"), None);
+    }
+
+    #[test]
+    fn a_selection_names_the_replica_chosen_to_replace_our_master_only() {
+        let payload = "slave 127.0.0.1:7002 127.0.0.1 7002 @ keygate 127.0.0.1 7001";
+        let Some(Heard::Selected { replica, master }) = selected(payload, "keygate") else {
+            panic!("not read as a selection");
+        };
+        assert_eq!(replica, NodeAddress { host: "127.0.0.1".into(), port: 7002 });
+        assert_eq!(master, NodeAddress { host: "127.0.0.1".into(), port: 7001 });
+        assert!(selected(payload, "other").is_none());
+        assert!(selected("slave 127.0.0.1:7002 127.0.0.1 7002", "keygate").is_none());
     }
 
     #[test]

@@ -153,11 +153,19 @@ impl Server {
 
     /// The fields of `INFO section`.
     pub fn info(&self, section: &str) -> HashMap<String, String> {
-        let text: String = redis::cmd("INFO").arg(section).query(&mut self.connection()).unwrap();
-        text.lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-            .collect()
+        self.try_info(section).unwrap_or_else(|| panic!("redis on {} answers INFO", self.port))
+    }
+
+    /// The fields of `INFO section`, if the server answers now (a replica loading what its new
+    /// master sent does not answer PING).
+    pub fn try_info(&self, section: &str) -> Option<HashMap<String, String>> {
+        let text: String = redis::cmd("INFO").arg(section).query(&mut self.try_connection()?).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
+        )
     }
 }
 
@@ -207,9 +215,10 @@ impl SentinelGroup {
         let settled = eventually(Duration::from_secs(30), || {
             let master = self.master_port();
             let replicas_synced = self.nodes.iter().filter(|n| n.is_running() && n.port != master).all(|n| {
-                let info = n.info("replication");
-                info.get("master_link_status").is_some_and(|s| s == "up")
-                    && info.get("master_port").is_some_and(|p| *p == master.to_string())
+                n.try_info("replication").is_some_and(|info| {
+                    info.get("master_link_status").is_some_and(|s| s == "up")
+                        && info.get("master_port").is_some_and(|p| *p == master.to_string())
+                })
             });
             replicas_synced
                 && self.sentinels.iter().filter(|s| s.is_running()).all(|sentinel| {
@@ -479,4 +488,37 @@ pub fn put_keys(writer: &dyn KeyWriter, stem: &str, count: usize) -> Vec<String>
 /// The keygate binary's `keys` subcommand against `config`; its output.
 pub fn keys_cli(config: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_keygate")).args(args).arg("-c").arg(config).output().unwrap()
+}
+
+/// Polls the node on `port` every 2 ms until it answers `ROLE` as a master; the moment it did,
+/// and a connection to it. Connects again after an error: Sentinel kills a promoted replica's
+/// clients.
+pub fn until_master(port: u16, within: Duration) -> (std::time::Instant, redis::Connection) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the node on {port} never answered as a master");
+        if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) {
+            let _ = con.set_read_timeout(Some(Duration::from_secs(1)));
+            loop {
+                match redis::cmd("ROLE").query::<Vec<redis::Value>>(&mut con) {
+                    Ok(role) if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") =>
+                    {
+                        return (std::time::Instant::now(), con);
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(2)),
+                    Err(_) => break,
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Connects to the node on `port` again (after Sentinel killed the clients of a promoted node).
+pub fn connect_to(port: u16) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let con = client.get_connection_with_timeout(Duration::from_secs(1)).unwrap();
+    con.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    con
 }
