@@ -147,6 +147,18 @@ wrk_script() {
     { count_answers_lua; cat; } > "$work/$1.lua"
 }
 
+# valid_keys_script: $work/valid.lua, POSTs rotating over the 1000 keys redis_start wrote
+# (BENCH_KEY_PREFIX, bench-key unless set: another prefix shows a run's checks fail).
+valid_keys_script() {
+    wrk_script valid <<LUA
+local n = 0
+request = function()
+  n = (n + 1) % 1000
+  return wrk.format("POST", "/ingest", {["X-ApiKey"] = string.format("${BENCH_KEY_PREFIX:-bench-key}-%03d", n), ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
+end
+LUA
+}
+
 # The process's user and system CPU time so far, in microseconds (all its threads).
 cpu_us() {
     local ticks

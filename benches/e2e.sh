@@ -30,13 +30,7 @@ server { listen 127.0.0.1:$ngx; location / { proxy_pass http://up; proxy_http_ve
 wait_port "$ngx"
 ngx_pid=$(cat "$work/proxy/nginx.pid")
 
-wrk_script valid <<LUA
-local n = 0
-request = function()
-  n = (n + 1) % 1000
-  return wrk.format("POST", "/ingest", {["X-ApiKey"] = string.format("${BENCH_KEY_PREFIX:-bench-key}-%03d", n), ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
-end
-LUA
+valid_keys_script
 wrk_script unknown <<'LUA'
 request = function()
   return wrk.format("POST", "/ingest", {["X-ApiKey"] = "bench-unknown-key", ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')

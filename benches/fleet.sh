@@ -18,13 +18,7 @@ up=$(port); redis_port=$(port)
 upstream_start "$up"
 redis_start "$redis_port" bench-key
 
-wrk_script valid <<'LUA'
-local n = 0
-request = function()
-  n = (n + 1) % 1000
-  return wrk.format("POST", "/ingest", {["X-ApiKey"] = string.format("bench-key-%03d", n), ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
-end
-LUA
+valid_keys_script
 
 # (1) The hot path: the same gateway twice, once per scope; one loaded at a time.
 unlimited="per_second: 1000000000, burst: 1000000000, unauthenticated_per_ip: {per_second: 1000000000, burst: 1000000000}"

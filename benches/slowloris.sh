@@ -18,13 +18,7 @@ upstream_start "$up"
 redis_start "$redis_port" bench-key
 keygate_start "$kg" "$kg_admin" "$redis_port" "$up"
 
-wrk_script valid <<'LUA'
-local n = 0
-request = function()
-  n = (n + 1) % 1000
-  return wrk.format("POST", "/ingest", {["X-ApiKey"] = string.format("bench-key-%03d", n), ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
-end
-LUA
+valid_keys_script
 
 # The attacker: COUNT connections, each sending a request head a byte a second and never
 # ending it; one that keygate answers or closes is opened again. Writes how many it holds to
