@@ -99,12 +99,13 @@ pub struct Metrics {
     filter_rejections: IntCounter,
     /// Counted by the access log itself.
     pub access_log_skipped: IntCounter,
-    pub(crate) filter_rebuilds: IntCounterVec,
+    /// `keygate_filter_rebuilds_total`: ok, then error.
+    pub(crate) filter_rebuilds: [IntCounter; 2],
     /// Failovers of the Redis store followed (Sentinel's master moved, a cluster replica
     /// promoted): counted by the store that followed them.
     pub(crate) store_failovers: IntCounter,
-    /// Fleet syncs by result (`ok`, `error`).
-    fleet_syncs: IntCounterVec,
+    /// `keygate_fleet_syncs_total`: ok, then error.
+    fleet_syncs: [IntCounter; 2],
 }
 
 /// Upper bounds of `keygate_request_seconds`, from half a millisecond to ten seconds.
@@ -128,7 +129,7 @@ impl Metrics {
             reg.counters("keygate_cache_lookups_total", "Key cache lookups by result.", "result");
         let store_queries =
             reg.counters("keygate_store_queries_total", "Key store queries by result.", "result");
-        let metrics = Metrics {
+        Metrics {
             requests: Outcome::ALL.map(|o| requests.with_label_values(&[o.as_str()])),
             request_seconds: Outcome::ALL.map(|o| request_seconds.with_label_values(&[o.as_str()])),
             cache_lookups: CACHE_RESULTS.map(|r| cache_lookups.with_label_values(&[r])),
@@ -138,11 +139,7 @@ impl Metrics {
                 "Key store query time.",
                 &STORE_QUERY_BUCKETS,
             ),
-            config_reloads: {
-                let reloads =
-                    reg.counters("keygate_config_reloads_total", "Config reloads by result.", "result");
-                ["ok", "error"].map(|result| reloads.with_label_values(&[result]))
-            },
+            config_reloads: reg.by_result("keygate_config_reloads_total", "Config reloads by result."),
             filter_rejections: reg.counter(
                 "keygate_filter_rejections_total",
                 "Keys answered unknown by the membership filter, without a store query.",
@@ -151,28 +148,18 @@ impl Metrics {
                 "keygate_access_log_skipped_total",
                 "Access log lines not written: rejections sampled out, or dropped on a full queue.",
             ),
-            filter_rebuilds: reg.counters(
-                "keygate_filter_rebuilds_total",
-                "Membership filter rebuilds by result.",
-                "result",
-            ),
+            filter_rebuilds: reg
+                .by_result("keygate_filter_rebuilds_total", "Membership filter rebuilds by result."),
             store_failovers: reg.counter(
                 "keygate_store_failovers_total",
                 "Failovers of the Redis key store followed: a new master found and used.",
             ),
-            fleet_syncs: reg.counters(
+            fleet_syncs: reg.by_result(
                 "keygate_fleet_syncs_total",
                 "Exchanges of the fleet's counters (shared rates, quotas) with the store, by result.",
-                "result",
             ),
             registry: reg.0,
-        };
-        // Touch every label value so each series is exported from the start, at zero.
-        for result in ["ok", "error"] {
-            metrics.filter_rebuilds.with_label_values(&[result]);
-            metrics.fleet_syncs.with_label_values(&[result]);
         }
-        metrics
     }
 
     pub fn request(&self, outcome: Outcome, elapsed: Duration) {
@@ -198,11 +185,11 @@ impl Metrics {
     }
 
     pub fn filter_rebuild(&self, ok: bool) {
-        self.filter_rebuilds.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.filter_rebuilds[usize::from(!ok)].inc();
     }
 
     pub fn fleet_sync(&self, ok: bool) {
-        self.fleet_syncs.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.fleet_syncs[usize::from(!ok)].inc();
     }
 
     /// Registers a metric that `sample` brings up to date at each scrape: how a subsystem
@@ -250,6 +237,13 @@ impl Registrar {
     /// Counters by one label; the caller resolves the children it counts on.
     fn counters(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), &[label]))
+    }
+
+    /// The `ok` and `error` children of a counter by `result`, in that order: both exported
+    /// from the start, at zero.
+    fn by_result(&self, name: &str, help: &str) -> [IntCounter; 2] {
+        let counters = self.counters(name, help, "result");
+        ["ok", "error"].map(|result| counters.with_label_values(&[result]))
     }
 
     fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
