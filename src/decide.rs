@@ -72,7 +72,7 @@ pub async fn decide(
     };
     match verdict {
         Verdict::Known(grant) if !grant.is_enabled() => Err(Rejection::DisabledKey),
-        Verdict::Known(grant) => match grant.limiter.check() {
+        Verdict::Known(grant) => match grant.limiter.check_at(request.now) {
             Ok(allowance) => Ok(Admitted { grant, allowance }),
             Err(KeyRefusal::Rate(limited)) => Err(Rejection::RateLimited(limited)),
             Err(KeyRefusal::Quota(exhausted)) => Err(Rejection::QuotaExceeded(exhausted)),

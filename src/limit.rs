@@ -49,8 +49,15 @@ impl ProcessClock {
     /// Nanoseconds since the process's first reading.
     #[inline]
     pub fn nanos() -> u64 {
+        ProcessClock::at(Instant::now())
+    }
+
+    /// `at` in nanoseconds since the process's first reading (0 before it): a request that has
+    /// read the clock once passes that instant rather than reading it again.
+    #[inline]
+    pub fn at(at: Instant) -> u64 {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+        at.saturating_duration_since(*ORIGIN.get_or_init(Instant::now)).as_nanos() as u64
     }
 }
 
@@ -124,7 +131,13 @@ impl KeyLimiter {
     /// Admits one request now, or says why not. Atomics only (see [`gcra`] and [`fleet`]).
     #[inline]
     pub fn check(&self) -> Result<Allowance, KeyRefusal> {
-        let now = ProcessClock::nanos();
+        self.check_at(Instant::now())
+    }
+
+    /// [`Self::check`] as of `now`, the moment the request began (one clock read a request).
+    #[inline]
+    pub fn check_at(&self, now: Instant) -> Result<Allowance, KeyRefusal> {
+        let now = ProcessClock::at(now);
         let cell = Cell { interval: self.interval, burst: self.rate.burst.max(1) };
         let (headroom, quota) = match &self.fleet {
             None => {

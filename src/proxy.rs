@@ -58,6 +58,8 @@ pub struct RequestCtx {
     allowance: Option<Allowance>,
     /// The peers this request was sent to, so a retry goes elsewhere.
     tried: Tried,
+    /// The connecting peer's address, read once for the decision and `X-Forwarded-For`.
+    peer: IpAddr,
 }
 
 /// The peers one request was sent to: the last apart, so the usual request, sent once, keeps
@@ -94,20 +96,22 @@ impl ProxyHttp for KeyGateProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            settings: self.gateway.settings.load_full(),
+            settings: self.gateway.current_settings(),
             rejected: None,
             grant: None,
             allowance: None,
             tried: Tried::default(),
+            peer: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.peer = edge::client_peer(session);
         let request = session.req_header();
         let facts = RequestFacts {
             headers: &request.headers,
             query: request.uri.query(),
-            peer: edge::client_peer(session),
+            peer: ctx.peer,
             now: ctx.started,
         };
         match decide(&self.gateway, &ctx.settings, &facts).await {
@@ -181,7 +185,7 @@ impl ProxyHttp for KeyGateProxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -197,9 +201,9 @@ impl ProxyHttp for KeyGateProxy {
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "app is not a header value"))?;
             upstream.insert_header("X-Keygate-App", app)?;
         }
-        let peer = edge::client_peer(session);
+        let peer = ctx.peer;
         let earlier: Vec<&str> =
-            upstream.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+            upstream.headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
         match earlier.is_empty() {
             true => upstream.insert_header("X-Forwarded-For", forwarded_for(peer))?,
             false => upstream.insert_header("X-Forwarded-For", format!("{}, {peer}", earlier.join(", ")))?,
@@ -236,6 +240,9 @@ impl ProxyHttp for KeyGateProxy {
         format!("{} {}", request.method, request.uri.path())
     }
 }
+
+/// Parsed once: looking a header up by a `&str` parses the name on every call.
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// Whether a header name is one the gateway sets itself, which a client's must not pass for.
 fn is_ours(name: &http::HeaderName) -> bool {
