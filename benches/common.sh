@@ -121,7 +121,8 @@ reference_start() {
 # nginx's Lua module (libnginx-mod-http-lua, with the NDK it needs) and HAProxy (haproxy).
 nginx_modules=/usr/lib/nginx/modules
 have_nginx_lua() { [ -e "$nginx_modules/ndk_http_module.so" ] && [ -e "$nginx_modules/ngx_http_lua_module.so" ]; }
-have_haproxy() { command -v haproxy >/dev/null; }
+haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+have_haproxy() { [ -x "$haproxy_bin" ]; }
 
 # key_map PREFIX COUNT: $work/keys.map, "<id> bench" a line for the keys PREFIX-000 …
 # (redis_start's keys), ids as keygate's store holds them (lowercase hex SHA-256 of the key).
@@ -175,7 +176,7 @@ backend upstream
     http-reuse always
     server up 127.0.0.1:$2
 CONF
-    taskset -c "${KEYGATE_CPUS:-0}" haproxy -db -f "$work/haproxy/haproxy.cfg" 2>"$work/haproxy/haproxy.log" &
+    taskset -c "${KEYGATE_CPUS:-0}" "$haproxy_bin" -db -f "$work/haproxy/haproxy.cfg" 2>"$work/haproxy/haproxy.log" &
     haproxy_pid=$!
     pids+=($haproxy_pid)
     wait_port "$1"
