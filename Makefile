@@ -7,12 +7,15 @@
 #   make lint   rustfmt check and clippy with warnings denied
 #   make bench  criterion micro-benchmarks (the real decision), the memory figure,
 #               benches/e2e.sh (wrk against keygate's floors: a Pingora pass-through and
-#               Pingora's cheapest rejection, built as keygate is; nginx beside them),
+#               Pingora's cheapest rejection, built as keygate is; nginx beside them, and the
+#               stretch references: nginx with a Lua key check, HAProxy with a static map),
 #               benches/slowloris.sh (valid keys under a slowloris attack),
 #               benches/flood.sh (memory through three floods), benches/fleet.sh (fleet
 #               limits: hot path against scope local, overshoot against the bound) and the
 #               fleet's sync cost and allocations per request; every wrk run checks its
 #               answers and fails the bench on a wrong one
+#   make bench-deps  what `make bench` needs on top of `make deps`, with apt when missing:
+#               wrk, nginx's Lua module and HAProxy (`make test` needs none of them)
 #   make fuzz   cargo-fuzz on key extraction and config parsing (nightly; FUZZ_SECONDS each)
 #   make soak   benches/soak.sh: 10 minutes at 60% load with Redis faults (not in CI)
 
@@ -23,7 +26,7 @@ PROFILE := --release
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: deps demo test lint compile-all bench build fuzz soak
+.PHONY: deps bench-deps demo test lint compile-all bench build fuzz soak
 
 deps:
 	@missing=""; \
@@ -34,6 +37,18 @@ deps:
 		missing="$$missing libnginx-mod-http-headers-more-filter"; \
 	command -v cc >/dev/null || missing="$$missing build-essential"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; \
+	fi
+
+# The references of benches/e2e.sh are optional there (skipped with a note when absent);
+# `make bench` installs them so its table holds them.
+bench-deps: deps
+	@missing=""; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	[ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing="$$missing libnginx-mod-http-lua"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; \
@@ -67,8 +82,7 @@ compile-all:
 	cd fuzz && { [ -e Cargo.lock ] || cp ../Cargo.lock Cargo.lock; } && \
 		$(CARGO) check $(PROFILE) --target-dir ../target
 
-bench: deps
-	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && $(APT_INSTALL) wrk)
+bench: bench-deps
 	$(CARGO) bench --bench decision
 	$(CARGO) bench --bench memory
 	$(CARGO) bench --bench fleet_sync

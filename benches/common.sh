@@ -22,10 +22,12 @@ wait_port() {
 
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
-# nginx_start NAME CORE SERVER-BLOCKS: one nginx worker of our own, pinned to CORE.
+# nginx_start NAME CORE SERVER-BLOCKS [MAIN-DIRECTIVES]: one nginx worker of our own, pinned to
+# CORE; MAIN-DIRECTIVES (e.g. load_module) go first, in the main context.
 nginx_start() {
     mkdir -p "$work/$1"
     cat > "$work/$1/nginx.conf" <<CONF
+${4:-}
 daemon off; master_process off; user root; worker_processes 1;
 error_log $work/$1/error.log; pid $work/$1/nginx.pid;
 events { worker_connections 4096; }
@@ -113,6 +115,71 @@ reference_start() {
     reference_pid=$!
     pids+=($reference_pid)
     wait_port "$2"
+}
+
+# The stretch references (benches/e2e.sh), each present only when its Debian package is:
+# nginx's Lua module (libnginx-mod-http-lua, with the NDK it needs) and HAProxy (haproxy).
+nginx_modules=/usr/lib/nginx/modules
+have_nginx_lua() { [ -e "$nginx_modules/ndk_http_module.so" ] && [ -e "$nginx_modules/ngx_http_lua_module.so" ]; }
+haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+have_haproxy() { [ -x "$haproxy_bin" ]; }
+
+# key_map PREFIX COUNT: $work/keys.map, "<id> bench" a line for the keys PREFIX-000 …
+# (redis_start's keys), ids as keygate's store holds them (lowercase hex SHA-256 of the key).
+key_map() {
+    python3 - "$1" "$2" > "$work/keys.map" <<'PY'
+import hashlib, sys
+prefix, count = sys.argv[1], int(sys.argv[2])
+for n in range(count):
+    print(hashlib.sha256(f"{prefix}-{n:03d}".encode()).hexdigest(), "bench")
+PY
+}
+
+# nginx_lua_start PORT UPSTREAM: nginx with Lua doing a cached key check (benches/refs/
+# key_check.lua, the keys of $work/keys.map in a Lua table loaded at start), one worker on
+# KEYGATE_CPUS (core 0): 403 and keygate's JSON body for an unknown key, a known one proxied
+# with keepalive to UPSTREAM; sets nginx_lua_pid.
+nginx_lua_start() {
+    nginx_start nginx_lua "${KEYGATE_CPUS:-0}" "lua_package_path '$PWD/benches/refs/?.lua;;';
+init_by_lua_block { require('key_check').load('$work/keys.map') }
+upstream up { server 127.0.0.1:$2; keepalive 64; }
+server { listen 127.0.0.1:$1; location / { access_by_lua_block { require('key_check').check() }
+  proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" \
+        "load_module $nginx_modules/ndk_http_module.so; load_module $nginx_modules/ngx_http_lua_module.so;"
+    wait_port "$1"
+    nginx_lua_pid=$(cat "$work/nginx_lua/nginx.pid")
+}
+
+# haproxy_start PORT UPSTREAM: HAProxy, one process with one thread on KEYGATE_CPUS (core 0),
+# with the keys of $work/keys.map as a static map looked up by the key's SHA-256 (as keygate's
+# store holds them): 403 and keygate's JSON body for an unknown or missing key, a known one
+# proxied (idle server connections reused) to UPSTREAM with its app named; sets haproxy_pid.
+haproxy_start() {
+    mkdir -p "$work/haproxy"
+    cat > "$work/haproxy/haproxy.cfg" <<CONF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend keys
+    bind 127.0.0.1:$1
+    http-request set-var(txn.app) req.hdr(X-ApiKey),sha2(256),hex,lower,map($work/keys.map)
+    http-request return status 403 content-type application/json string '{"error":"unknown_api_key"}' unless { var(txn.app) -m found }
+    http-request set-header X-Keygate-App %[var(txn.app)]
+    default_backend upstream
+backend upstream
+    http-reuse always
+    server up 127.0.0.1:$2
+CONF
+    taskset -c "${KEYGATE_CPUS:-0}" "$haproxy_bin" -db -f "$work/haproxy/haproxy.cfg" 2>"$work/haproxy/haproxy.log" &
+    haproxy_pid=$!
+    pids+=($haproxy_pid)
+    wait_port "$1"
 }
 
 # Written first into every wrk script: counts the answers by status class in each thread, and
