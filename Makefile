@@ -87,7 +87,8 @@ bench: bench-deps
 	$(CARGO) bench --bench memory
 	$(CARGO) bench --bench fleet_sync
 	$(CARGO) bench --bench allocations
-	$(CARGO) build $(PROFILE) --bin keygate --example passthrough --example passthrough_reject
+	$(CARGO) build $(PROFILE) --bin keygate --example passthrough --example passthrough_reject \
+		--example passthrough_headers
 	benches/e2e.sh
 	benches/slowloris.sh
 	benches/flood.sh

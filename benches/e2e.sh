@@ -11,7 +11,10 @@
 # rejections (and valid keys). Both hold the same 1000 keys keygate finds in Redis, looked up
 # by their SHA-256 as keygate's cache holds them, and answer an unknown key keygate's 403 and
 # JSON body; each is one worker on core 0, like keygate. A second table gives keygate's runs
-# against them.
+# against them, and against examples/passthrough_headers.rs: the pass-through plus the header
+# edits every forwarded request of keygate's makes (X-Keygate-App, X-Forwarded-For, the three
+# RateLimit-* fields), which splits keygate's cost over the floor into Pingora's header API
+# and keygate's own work.
 #
 # Every run checks its answers (a Lua counter of statuses by class, wrk's socket errors): a
 # valid-key run must be all 2xx, a rejection run all 4xx, neither with a socket error; any other
@@ -28,12 +31,14 @@ rounds=${BENCH_ROUNDS:-3}
 . benches/common.sh
 
 up=$(port); redis_port=$(port); kg=$(port); kg_admin=$(port); pass=$(port); reject=$(port); ngx=$(port)
+headers=$(port)
 upstream_start "$up"
 redis_start "$redis_port" bench-key
 key_map bench-key 1000
 keygate_start "$kg" "$kg_admin" "$redis_port" "$up"
 reference_start passthrough "$pass" "$up"; pass_pid=$reference_pid
 reference_start passthrough_reject "$reject" "$up"; reject_pid=$reference_pid
+reference_start passthrough_headers "$headers" "$up"; headers_pid=$reference_pid
 nginx_start proxy 0 "upstream up { server 127.0.0.1:$up; keepalive 64; }
 server { listen 127.0.0.1:$ngx; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 wait_port "$ngx"
@@ -72,6 +77,7 @@ for round in $(seq "$rounds"); do
     # A wrong answer is recorded (and named) by checked_wrk; the rounds go on, the exit says it.
     checked_wrk keygate_valid 2xx "$keygate_pid" "http://127.0.0.1:$kg" valid || true
     checked_wrk passthrough 2xx "$pass_pid" "http://127.0.0.1:$pass" valid || true
+    checked_wrk passthrough_headers 2xx "$headers_pid" "http://127.0.0.1:$headers" valid || true
     checked_wrk nginx 2xx "$ngx_pid" "http://127.0.0.1:$ngx" valid || true
     if [ -n "$nginx_lua_pid" ]; then
         checked_wrk nginx_lua 2xx "$nginx_lua_pid" "http://127.0.0.1:$nginx_lua" valid || true
@@ -94,9 +100,9 @@ from collections import defaultdict
 # cheapest rejection.
 floors = {"keygate_valid": "passthrough", "nginx": "passthrough",
           "keygate_unknown_repeated": "passthrough_reject", "keygate_unknown_random": "passthrough_reject",
-          "nginx_lua": "passthrough", "haproxy_valid": "passthrough", "haproxy_reject": "passthrough_reject"}
+          "nginx_lua": "passthrough", "passthrough_headers": "passthrough", "haproxy_valid": "passthrough", "haproxy_reject": "passthrough_reject"}
 # The stretch references keygate's runs are set against, in a second table (when they ran).
-references = [("keygate_valid", "nginx_lua"), ("keygate_valid", "haproxy_valid"),
+references = [("keygate_valid", "passthrough_headers"), ("keygate_valid", "nginx_lua"), ("keygate_valid", "haproxy_valid"),
               ("keygate_unknown_repeated", "haproxy_reject"), ("keygate_unknown_random", "haproxy_reject")]
 runs = defaultdict(list)
 for line in open(sys.argv[1]):
