@@ -129,7 +129,7 @@ impl KeyLimiter {
     }
 
     /// Admits one request now, or says why not. Atomics only (see [`gcra`] and [`fleet`]).
-    #[inline]
+    #[cfg(any(test, feature = "test-util"))]
     pub fn check(&self) -> Result<Allowance, KeyRefusal> {
         self.check_at(Instant::now())
     }
