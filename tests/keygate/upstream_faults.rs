@@ -178,7 +178,11 @@ struct Switchable {
 
 impl Switchable {
     fn start() -> Switchable {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Switchable::on("127.0.0.1:0".parse().unwrap())
+    }
+
+    fn on(addr: SocketAddr) -> Switchable {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let (up, served) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
         let (up_, served_) = (Arc::clone(&up), Arc::clone(&served));
@@ -251,4 +255,36 @@ fn a_peer_that_fails_its_check_is_skipped_and_picked_again_once_it_passes() {
     send(20);
     assert_eq!(switchable.served.load(Ordering::SeqCst), 15, "the recovered peer got no share");
     assert_eq!(forwarded_to_live(), 35);
+}
+
+#[test]
+fn a_peer_passed_over_after_a_failed_connect_is_still_picked_when_no_other_is_left() {
+    let redis = Redis::start();
+    redis.put_key(KEY, &[("app", "acme")]);
+    // The only peer: listening at start, so the one health check (the next is ten minutes
+    // away) passes it, and never accepting.
+    let listening = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listening.local_addr().unwrap();
+    let mut setup = Setup::redis(&redis, &Upstream::start()).health_interval_ms(600_000);
+    setup.peers = vec![addr.to_string()];
+    let gateway = setup.start();
+    listening.set_nonblocking(true).unwrap();
+    let checked = eventually(Duration::from_secs(5), || listening.accept().is_ok());
+    assert!(checked.is_some(), "the gateway never checked the peer");
+
+    // The peer goes away: the connect fails, and the peer is passed over for a second.
+    drop(listening);
+    assert_eq!(gateway.with_key(KEY).status, 502);
+    let failed = Instant::now();
+    // It is back at once: passed over or not, it is the only peer left, so it is tried.
+    let back = Switchable::on(addr);
+    let response = gateway.with_key(KEY);
+    assert!(failed.elapsed() < Duration::from_millis(900), "the pass-over ended: nothing was tested");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(back.served.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{addr}\"}}")),
+        1.0,
+        "a health check ran"
+    );
 }
