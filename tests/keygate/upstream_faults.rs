@@ -3,8 +3,10 @@
 
 use crate::support::http::{self, Connection};
 use crate::support::{self, eventually, Redis, Setup, Upstream};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A peer that accepts and reads, then behaves as `on_request` says.
@@ -164,4 +166,125 @@ fn with_every_peer_down_the_answer_is_a_fast_502() {
     assert_eq!(response.status, 503, "{}", response.text());
     assert_eq!(gateway.settled_metric(r#"keygate_requests_total{outcome="upstream_error"}"#, 8.0), 8.0);
     assert_failures_logged_without_the_key(&gateway, 8);
+}
+
+/// A peer whose health can be switched: `/health` answers 200 while `up` is set and 503
+/// otherwise; every other request is answered 200 and counted in `served`.
+struct Switchable {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+}
+
+impl Switchable {
+    fn start() -> Switchable {
+        Switchable::on("127.0.0.1:0".parse().unwrap())
+    }
+
+    fn on(addr: SocketAddr) -> Switchable {
+        let listener = TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, served) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
+        let (up_, served_) = (Arc::clone(&up), Arc::clone(&served));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (up, served) = (Arc::clone(&up_), Arc::clone(&served_));
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                        header.clear();
+                    }
+                    let status = match line.split_whitespace().nth(1) {
+                        Some("/health") if up.load(Ordering::SeqCst) => "200 OK",
+                        Some("/health") => "503 Service Unavailable",
+                        _ => {
+                            served.fetch_add(1, Ordering::SeqCst);
+                            "200 OK"
+                        }
+                    };
+                    let answer =
+                        format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                    let _ = reader.get_mut().write_all(answer.as_bytes());
+                });
+            }
+        });
+        Switchable { addr, up, served }
+    }
+}
+
+#[test]
+fn a_peer_that_fails_its_check_is_skipped_and_picked_again_once_it_passes() {
+    let (redis, live) = (Redis::start(), Upstream::start());
+    redis.put_key(KEY, &[("app", "acme")]);
+    let switchable = Switchable::start();
+    let mut setup = Setup::redis(&redis, &live).rewrite(
+        "health_check: {kind: tcp, interval_ms: 200}",
+        "health_check: {kind: http, path: /health, interval_ms: 200}",
+    );
+    setup.peers = vec![switchable.addr.to_string(), live.addr.to_string()];
+    let gateway = setup.start();
+    let health = |peer: SocketAddr| gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{peer}\"}}"));
+    let forwarded_to_live = || live.received().iter().filter(|r| r.target == "/ingest").count();
+    // Round robin over two healthy peers: an even run of requests is split evenly.
+    let send = |n: usize| {
+        for i in 0..n {
+            assert_eq!(gateway.with_key(KEY).status, 200, "request {i}");
+        }
+    };
+
+    assert_eq!((health(switchable.addr), health(live.addr)), (1.0, 1.0));
+    send(10);
+    assert_eq!((switchable.served.load(Ordering::SeqCst), forwarded_to_live()), (5, 5));
+
+    switchable.up.store(false, Ordering::SeqCst);
+    let down = eventually(Duration::from_secs(5), || health(switchable.addr) == 0.0);
+    assert!(down.is_some(), "the failing peer was never marked down:\n{}", gateway.metrics());
+    send(20);
+    assert_eq!(switchable.served.load(Ordering::SeqCst), 5, "the peer failing its check got traffic");
+    assert_eq!(forwarded_to_live(), 25);
+    assert_eq!(http::get(gateway.admin, "/readyz").unwrap().status, 200, "one peer is enough");
+
+    switchable.up.store(true, Ordering::SeqCst);
+    let up = eventually(Duration::from_secs(5), || health(switchable.addr) == 1.0);
+    assert!(up.is_some(), "the peer passing its check again was never marked up:\n{}", gateway.metrics());
+    send(20);
+    assert_eq!(switchable.served.load(Ordering::SeqCst), 15, "the recovered peer got no share");
+    assert_eq!(forwarded_to_live(), 35);
+}
+
+#[test]
+fn a_peer_passed_over_after_a_failed_connect_is_still_picked_when_no_other_is_left() {
+    let redis = Redis::start();
+    redis.put_key(KEY, &[("app", "acme")]);
+    // The only peer: listening at start, so the one health check (the next is ten minutes
+    // away) passes it, and never accepting.
+    let listening = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listening.local_addr().unwrap();
+    let mut setup = Setup::redis(&redis, &Upstream::start()).health_interval_ms(600_000);
+    setup.peers = vec![addr.to_string()];
+    let gateway = setup.start();
+    listening.set_nonblocking(true).unwrap();
+    let checked = eventually(Duration::from_secs(5), || listening.accept().is_ok());
+    assert!(checked.is_some(), "the gateway never checked the peer");
+
+    // The peer goes away: the connect fails, and the peer is passed over for a second.
+    drop(listening);
+    assert_eq!(gateway.with_key(KEY).status, 502);
+    let failed = Instant::now();
+    // It is back at once: passed over or not, it is the only peer left, so it is tried.
+    let back = Switchable::on(addr);
+    let response = gateway.with_key(KEY);
+    assert!(failed.elapsed() < Duration::from_millis(900), "the pass-over ended: nothing was tested");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(back.served.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        gateway.metric(&format!("keygate_upstream_healthy{{peer=\"{addr}\"}}")),
+        1.0,
+        "a health check ran"
+    );
 }
