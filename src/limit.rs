@@ -49,8 +49,19 @@ impl ProcessClock {
     /// Nanoseconds since the process's first reading.
     #[inline]
     pub fn nanos() -> u64 {
+        ProcessClock::origin().elapsed().as_nanos() as u64
+    }
+
+    /// `at` in the clock's nanoseconds (0 if before its first reading): for an instant the
+    /// caller has already read, which spares a clock read of its own.
+    #[inline]
+    pub fn nanos_at(at: Instant) -> u64 {
+        at.saturating_duration_since(ProcessClock::origin()).as_nanos() as u64
+    }
+
+    fn origin() -> Instant {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+        *ORIGIN.get_or_init(Instant::now)
     }
 }
 
