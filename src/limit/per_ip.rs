@@ -113,7 +113,9 @@ impl<C: Clock<Instant = Nanos>> IpLimiter<C> {
         self.clock.now().as_u64()
     }
 
-    /// Charges one request to `client`, now by the limiter's clock.
+    /// Charges one request to `client`, now by the limiter's clock (the tests' and benchmarks'
+    /// way; a request charges at its own instant, `check_at`).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
         self.charge_at(client, self.now())
     }
