@@ -13,6 +13,7 @@ use crate::settings::Settings;
 use http::HeaderMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// What a request carries that the decision reads.
 pub struct RequestFacts<'a> {
@@ -22,7 +23,7 @@ pub struct RequestFacts<'a> {
     /// The connecting peer; loopback for a unix-socket peer (a local nginx).
     pub peer: IpAddr,
     /// When the request began: the cache judges its entries' age by it.
-    pub now: std::time::Instant,
+    pub now: Instant,
 }
 
 /// A request allowed through.
@@ -40,13 +41,16 @@ pub async fn decide(
     request: &RequestFacts<'_>,
 ) -> Result<Admitted, Rejection> {
     let client = || limit_key(settings.client_address.resolve(request.peer, request.headers));
-    // Requests without a usable key are charged to their client's address.
-    let charge = || settings.ip_limiter.check(client()).map_err(Rejection::RateLimited);
+    // Requests without a usable key are charged to their client's address. Limiters are
+    // charged at an instant already read (`at`): the request's start, or the end of the store
+    // read it waited for.
+    let charge = |at| settings.ip_limiter.check_at(client(), at).map_err(Rejection::RateLimited);
     let id = match settings.config.api_key.extract(request.headers, request.query) {
         Extracted::Key(key) => key.id(),
-        Extracted::Missing => return Err(charge().err().unwrap_or(Rejection::MissingKey)),
-        Extracted::Malformed => return Err(charge().err().unwrap_or(Rejection::MalformedKey)),
+        Extracted::Missing => return Err(charge(request.now).err().unwrap_or(Rejection::MissingKey)),
+        Extracted::Malformed => return Err(charge(request.now).err().unwrap_or(Rejection::MalformedKey)),
     };
+    let mut at = request.now;
     let (lookup, stored) = (&gateway.lookup, &settings.lookup);
     let (verdict, charged) = match lookup.cached_at(stored, &id, request.now.into()) {
         Some(verdict) => (verdict, false),
@@ -59,7 +63,7 @@ pub async fn decide(
             // work the store for it either.
             let charged = !lookup.filter_answers();
             if charged {
-                charge()?;
+                charge(at)?;
             } else {
                 settings.ip_limiter.refusing(client()).map_err(Rejection::RateLimited)?;
             }
@@ -67,17 +71,20 @@ pub async fn decide(
                 LookupError::Unavailable => Rejection::StoreUnavailable,
                 LookupError::Overloaded => Rejection::Overloaded,
             })?;
+            // The read may have taken a while: a charge after it (per key or per address) is at
+            // the time it ended.
+            at = Instant::now();
             (verdict, charged)
         }
     };
     match verdict {
         Verdict::Known(grant) if !grant.is_enabled() => Err(Rejection::DisabledKey),
-        Verdict::Known(grant) => match grant.limiter.check_at(request.now) {
+        Verdict::Known(grant) => match grant.limiter.check_at(at) {
             Ok(allowance) => Ok(Admitted { grant, allowance }),
             Err(KeyRefusal::Rate(limited)) => Err(Rejection::RateLimited(limited)),
             Err(KeyRefusal::Quota(exhausted)) => Err(Rejection::QuotaExceeded(exhausted)),
         },
         Verdict::Unknown if charged => Err(Rejection::UnknownKey),
-        Verdict::Unknown => Err(charge().err().unwrap_or(Rejection::UnknownKey)),
+        Verdict::Unknown => Err(charge(at).err().unwrap_or(Rejection::UnknownKey)),
     }
 }

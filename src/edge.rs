@@ -11,7 +11,10 @@ use crate::gateway::Gateway;
 use crate::metrics::Outcome;
 use crate::settings::Settings;
 use pingora::protocols::http::ServerSession;
+use std::future::{poll_fn, Future};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// The most request body read and discarded to keep a connection open after the gateway's own
@@ -66,7 +69,14 @@ async fn drained(session: &mut ServerSession, deadline: Duration) -> bool {
             }
         }
     };
-    tokio::time::timeout(deadline, drain).await.unwrap_or(false)
+    // The small body of a rejected request has almost always arrived with its header: one poll
+    // reads it to the end. Only a body still to come is raced against the deadline, so the
+    // usual rejection registers no timer (and reads no clock for one).
+    let mut drain = pin!(drain);
+    match poll_fn(|cx| Poll::Ready(drain.as_mut().poll(cx))).await {
+        Poll::Ready(done) => done,
+        Poll::Pending => tokio::time::timeout(deadline, drain).await.unwrap_or(false),
+    }
 }
 
 /// How a request ended, as the metrics and the access log count it.

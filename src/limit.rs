@@ -49,15 +49,19 @@ impl ProcessClock {
     /// Nanoseconds since the process's first reading.
     #[inline]
     pub fn nanos() -> u64 {
-        ProcessClock::at(Instant::now())
+        ProcessClock::origin().elapsed().as_nanos() as u64
     }
 
-    /// `at` in nanoseconds since the process's first reading (0 before it): a request that has
-    /// read the clock once passes that instant rather than reading it again.
+    /// `at` in the clock's nanoseconds (0 if before its first reading): for an instant the
+    /// caller has already read, which spares a clock read of its own.
     #[inline]
-    pub fn at(at: Instant) -> u64 {
+    pub fn nanos_at(at: Instant) -> u64 {
+        at.saturating_duration_since(ProcessClock::origin()).as_nanos() as u64
+    }
+
+    fn origin() -> Instant {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        at.saturating_duration_since(*ORIGIN.get_or_init(Instant::now)).as_nanos() as u64
+        *ORIGIN.get_or_init(Instant::now)
     }
 }
 
@@ -137,7 +141,7 @@ impl KeyLimiter {
     /// [`Self::check`] as of `now`, the moment the request began (one clock read a request).
     #[inline]
     pub fn check_at(&self, now: Instant) -> Result<Allowance, KeyRefusal> {
-        let now = ProcessClock::at(now);
+        let now = ProcessClock::nanos_at(now);
         let cell = Cell { interval: self.interval, burst: self.rate.burst.max(1) };
         let (headroom, quota) = match &self.fleet {
             None => {

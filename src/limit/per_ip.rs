@@ -68,7 +68,16 @@ pub struct IpLimiter<C: Clock<Instant = Nanos> = ProcessClock> {
 
 impl IpLimiter {
     pub fn new(rate: Rate, max_addresses: usize) -> Self {
+        // The clock's origin is its first reading: taken now, it precedes every instant a
+        // request reads for `check_at`.
+        let _ = ProcessClock::nanos();
         IpLimiter::with_clock(rate, max_addresses, ProcessClock)
+    }
+
+    /// Charges one request to `client` at `at`, an instant the request has already read (its
+    /// start): the request path reads the clock once, not again here.
+    pub fn check_at(&self, client: IpAddr, at: std::time::Instant) -> Result<(), Limited> {
+        self.charge_at(client, ProcessClock::nanos_at(at))
     }
 }
 
@@ -104,9 +113,16 @@ impl<C: Clock<Instant = Nanos>> IpLimiter<C> {
         self.clock.now().as_u64()
     }
 
-    /// Charges one request to `client`.
+    /// Charges one request to `client`, now by the limiter's clock (the tests' and benchmarks'
+    /// way; a request charges at its own instant, `check_at`).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn check(&self, client: IpAddr) -> Result<(), Limited> {
-        let now = self.now();
+        self.charge_at(client, self.now())
+    }
+
+    /// Charges one request to `client` at `now`, in the clock's nanoseconds. An instant a
+    /// little behind another request's is fine: the state only moves forward (`charge`).
+    fn charge_at(&self, client: IpAddr, now: u64) -> Result<(), Limited> {
         let addresses = self.addresses.load();
         let verdict =
             match addresses.entry(&client, None, |_, state| EntryAction::Retain(self.charge(state, now))) {

@@ -306,6 +306,75 @@ fn a_rejected_body_that_never_comes_is_waited_for_only_up_to_the_drain_bound() {
 }
 
 #[test]
+fn a_rejected_body_sent_after_its_header_is_read_and_the_connection_kept() {
+    use std::io::Write;
+    let (redis, upstream) = (Redis::start(), Upstream::start());
+    let gateway = Setup::redis(&redis, &upstream).start();
+    gateway.uses_key("unknown-key");
+    let mut connection = Connection::open(gateway.addr).unwrap();
+    for _ in 0..2 {
+        let head = "POST /ingest HTTP/1.1\r\nHost: t\r\nX-ApiKey: unknown-key\r\nContent-Length: 10\r\n\r\n";
+        connection.stream().write_all(head.as_bytes()).unwrap();
+        // Long enough for the gateway to have decided and found the body not there yet.
+        std::thread::sleep(Duration::from_millis(300));
+        connection.stream().write_all(b"0123456789").unwrap();
+        let response = connection.read_response().unwrap();
+        response.assert_rejected(403, "unknown_api_key");
+        assert_eq!(response.header("connection"), Some("keep-alive"));
+    }
+    assert!(!connection.is_closed(), "the connection was closed though its body came in time");
+    assert_eq!(upstream.count(), 0);
+}
+
+/// The header fields of each kind of rejection as they are written (names in their case, in
+/// order), so that building them another way cannot change what a client reads.
+#[test]
+fn each_kind_of_rejection_writes_the_same_header_fields() {
+    let names = |response: &http::Response| -> Vec<String> {
+        response.headers.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let plain = ["Content-Type", "Content-Length", "Date", "Connection"];
+    let (mut redis, upstream) = (Redis::start(), Upstream::start());
+    redis.put_key("some-key", &[("app", "acme")]);
+    let gateway = Setup::redis(&redis, &upstream)
+        .extra("rate_limit:\n  per_second: 1000\n  burst: 1000\n  unauthenticated_per_ip: {per_second: 0.1, burst: 2}")
+        .start();
+    let unknown = gateway.with_key("unknown-key");
+    unknown.assert_rejected(403, "unknown_api_key");
+    assert_eq!(names(&unknown), plain);
+    assert_eq!(unknown.header("content-length"), Some("27"));
+    let missing = gateway.get("/ingest", &[]);
+    missing.assert_rejected(401, "missing_api_key");
+    assert_eq!(names(&missing), plain);
+    let limited = gateway.get("/ingest", &[]);
+    limited.assert_rejected(429, "rate_limited");
+    let expected = [
+        "Content-Type",
+        "Content-Length",
+        "Retry-After",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+        "Date",
+        "Connection",
+    ];
+    assert_eq!(names(&limited), expected);
+    assert_eq!(limited.header("ratelimit-limit"), Some("2"));
+    assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(limited.header("ratelimit-reset"), Some(limited.retry_after().to_string().as_str()));
+    assert!((1..=10).contains(&limited.retry_after()), "Retry-After {}", limited.retry_after());
+    assert_eq!(limited.header("content-length"), Some("24"));
+
+    let other = Setup::redis(&redis, &upstream).start();
+    redis.kill();
+    let unavailable = other.with_key("some-key");
+    unavailable.assert_rejected(503, "key_store_unavailable");
+    assert_eq!(names(&unavailable), ["Content-Type", "Content-Length", "Retry-After", "Date", "Connection"]);
+    assert_eq!(unavailable.header("retry-after"), Some("1"));
+    assert_eq!(unavailable.header("content-length"), Some("33"));
+}
+
+#[test]
 fn a_request_body_is_streamed_to_the_upstream_not_buffered() {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};

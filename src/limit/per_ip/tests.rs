@@ -146,3 +146,18 @@ fn the_bound_is_exact_for_any_max_addresses() {
         assert!(held + 64 >= max_addresses as u64, "only {held} held for {max_addresses}");
     }
 }
+
+#[test]
+fn a_charge_at_an_instant_already_read_is_at_that_instant_not_the_clocks() {
+    let limiter = IpLimiter::new(Rate { per_second: 1.0, burst: 2 }, 100);
+    let client: IpAddr = "10.0.0.1".parse().unwrap();
+    let start = std::time::Instant::now();
+    assert!(limiter.check_at(client, start).is_ok() && limiter.check_at(client, start).is_ok());
+    assert_eq!(limiter.check_at(client, start), Err(Limited { retry_after: 1, burst: 2 }));
+    // A second on by the instant given (the clock has hardly moved): one request more.
+    let later = start + Duration::from_secs(1);
+    assert!(limiter.check_at(client, later).is_ok());
+    assert_eq!(limiter.check_at(client, later), Err(Limited { retry_after: 1, burst: 2 }));
+    // An instant a little behind the latest charge (another request's start) is charged too.
+    assert!(limiter.check_at(client, start).is_err());
+}
