@@ -4,9 +4,12 @@
 //! only up to the rightmost hop that is not itself trusted (anything left of it could have been
 //! written by the client). IPv6 clients are grouped per /64, the block one host usually owns.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv6Addr};
+
+/// Parsed once: looking a header up by a `&str` parses the name on every call.
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 pub struct ClientAddress {
     trusted: Vec<IpNet>,
@@ -28,9 +31,8 @@ impl ClientAddress {
         }
         let mut client = peer;
         // Header lines are read last to first and each line right to left: the nearest hop first.
-        let lines: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
-        for line in lines.into_iter().rev() {
-            let Ok(line) = std::str::from_utf8(line) else {
+        for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+            let Ok(line) = std::str::from_utf8(line.as_bytes()) else {
                 return client;
             };
             for hop in line.rsplit(',') {

@@ -15,6 +15,7 @@
 //! `request_filter` returning `Ok(true)` means the gateway answered and nothing is forwarded.
 
 use crate::answer::{self, Rejection};
+use crate::client_ip::X_FORWARDED_FOR;
 use crate::decide::{decide, RequestFacts};
 use crate::edge::{self, Finished};
 use crate::extract::KeySource;
@@ -240,9 +241,6 @@ impl ProxyHttp for KeyGateProxy {
         format!("{} {}", request.method, request.uri.path())
     }
 }
-
-/// Parsed once: looking a header up by a `&str` parses the name on every call.
-static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// Whether a header name is one the gateway sets itself, which a client's must not pass for.
 fn is_ours(name: &http::HeaderName) -> bool {
