@@ -6,7 +6,7 @@
 use crate::support::http::{self, Response};
 use crate::support::nginx::Nginx;
 use crate::support::{self, eventually, Redis, Setup, Upstream};
-use std::io::{BufRead, BufReader, Write};
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -188,25 +188,11 @@ fn sick_peer(sick_path: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let journal = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let journal = Arc::clone(&journal);
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let mut header = String::new();
-                while reader.read_line(&mut header).unwrap_or(0) > 2 {
-                    header.clear();
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                journal.lock().unwrap().push(line.trim_end().to_string());
-                let status = if path == sick_path { "503 Service Unavailable" } else { "200 OK" };
-                let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-                let _ = reader.get_mut().write_all(answer.as_bytes());
-            });
+    http::serve_each(listener, move |line| {
+        journal.lock().unwrap().push(line.trim_end().to_string());
+        match line.split_whitespace().nth(1) == Some(sick_path) {
+            true => "503 Service Unavailable",
+            false => "200 OK",
         }
     });
     (addr, seen)

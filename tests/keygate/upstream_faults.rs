@@ -3,7 +3,7 @@
 
 use crate::support::http::{self, Connection};
 use crate::support::{self, eventually, Redis, Setup, Upstream};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -186,31 +186,12 @@ impl Switchable {
         let addr = listener.local_addr().unwrap();
         let (up, served) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
         let (up_, served_) = (Arc::clone(&up), Arc::clone(&served));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (up, served) = (Arc::clone(&up_), Arc::clone(&served_));
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream);
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut header = String::new();
-                    while reader.read_line(&mut header).unwrap_or(0) > 2 {
-                        header.clear();
-                    }
-                    let status = match line.split_whitespace().nth(1) {
-                        Some("/health") if up.load(Ordering::SeqCst) => "200 OK",
-                        Some("/health") => "503 Service Unavailable",
-                        _ => {
-                            served.fetch_add(1, Ordering::SeqCst);
-                            "200 OK"
-                        }
-                    };
-                    let answer =
-                        format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-                    let _ = reader.get_mut().write_all(answer.as_bytes());
-                });
+        http::serve_each(listener, move |line| match line.split_whitespace().nth(1) {
+            Some("/health") if up_.load(Ordering::SeqCst) => "200 OK",
+            Some("/health") => "503 Service Unavailable",
+            _ => {
+                served_.fetch_add(1, Ordering::SeqCst);
+                "200 OK"
             }
         });
         Switchable { addr, up, served }

@@ -2,7 +2,7 @@
 //! odd bytes, bodies), and connections that stay open between requests.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -158,4 +158,30 @@ pub fn request(
 
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     request(addr, "GET", path, &[], b"")
+}
+
+/// A minimal peer on `listener`, each connection on a thread of its own: reads one request's
+/// line and headers, then answers `status(request line)` ("200 OK", say) with a two-byte body
+/// and closes the connection.
+pub fn serve_each(listener: TcpListener, status: impl Fn(&str) -> &'static str + Send + Sync + 'static) {
+    let status = std::sync::Arc::new(status);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let status = std::sync::Arc::clone(&status);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                    header.clear();
+                }
+                let answer =
+                    format!("HTTP/1.1 {}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", status(&line));
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            });
+        }
+    });
 }
