@@ -37,7 +37,7 @@ impl ServeHttp for AuthApp {
         let original: Option<http::Uri> =
             request.headers.get("x-original-uri").and_then(|v| v.to_str().ok()?.parse().ok());
         let query = original.as_ref().map_or(request.uri.query(), |uri| uri.query());
-        let settings = self.gateway.current_settings();
+        let settings = self.gateway.settings.load_full();
         let peer = edge::client_peer(session);
         let facts = RequestFacts { headers: &request.headers, query, peer, now: started };
         let decision = decide(&self.gateway, &settings, &facts).await;

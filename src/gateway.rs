@@ -16,7 +16,6 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::server::ExecutionPhase;
 use pingora::services::background::GenBackgroundService;
-use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -99,29 +98,6 @@ impl Gateway {
         gateway.background.spawn(background::sync_fleet(Arc::downgrade(&gateway)));
         gateway.background.spawn(crate::reload::on_hangup(Arc::downgrade(&gateway)));
         Ok((gateway, health_service))
-    }
-
-    /// The settings in force, for a request to hold through all its phases.
-    ///
-    /// Each thread keeps the last snapshot it loaded and checks it is still current with one
-    /// atomic read ([`arc_swap::Cache`]); a full load (ArcSwap's debt list) costs several times
-    /// that, on every request. The price: after a reload, a thread keeps the old snapshot alive
-    /// until its next request.
-    pub fn current_settings(&self) -> Arc<Settings> {
-        type Current = arc_swap::Cache<Arc<ArcSwap<Settings>>, Arc<Settings>>;
-        thread_local! {
-            static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
-        }
-        CURRENT.with(|current| {
-            let mut current = current.borrow_mut();
-            // Another gateway's cache (several run in one test process) is replaced.
-            let ours = current.as_ref().is_some_and(|c| std::ptr::eq(c.arc_swap(), &*self.settings));
-            if !ours {
-                *current = Some(arc_swap::Cache::new(Arc::clone(&self.settings)));
-            }
-            let cache = current.as_mut().expect("set above");
-            Arc::clone(cache.load())
-        })
     }
 
     /// Whether responses should close their connections (see `draining`).

@@ -97,7 +97,7 @@ impl ProxyHttp for KeyGateProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            settings: self.gateway.current_settings(),
+            settings: self.gateway.settings.load_full(),
             rejected: None,
             grant: None,
             allowance: None,

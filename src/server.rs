@@ -14,7 +14,6 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::RunArgs;
 use pingora::services::listening::Service;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Runs until SIGTERM (graceful: in-flight requests finish within the grace period), SIGINT
 /// (at once) or SIGQUIT (graceful upgrade). With `upgrade`, takes the listening sockets over
@@ -27,11 +26,6 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>, upgrade: boo
     if let Some(sock) = &config.upgrade_sock {
         conf.upgrade_sock = sock.display().to_string();
     }
-    // Every upstream read is under `read_timeout`. Pingora's own timers for it (10 ms buckets in
-    // a map per thread, fired by a clock thread through a `Notify`) cost a lock, a subscription
-    // and a waker on every read; tokio's timer wheel, on keygate's runtime of one scheduler per
-    // thread, costs less, and registers nothing for a read that completes at once.
-    pingora::time::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(Duration::ZERO));
     let opt = Opt { upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     let pid_file = config.pid_file.clone();
