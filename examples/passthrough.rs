@@ -13,8 +13,8 @@ mod reference;
 use async_trait::async_trait;
 use pingora::prelude::*;
 
-/// The one peer, built once: a request only clones it (as keygate builds one per request from
-/// an address it already holds).
+/// The one peer, built once: a request only clones it (as keygate clones the prebuilt peer it
+/// picks).
 struct PassThrough(HttpPeer);
 
 #[async_trait]
@@ -29,12 +29,5 @@ impl ProxyHttp for PassThrough {
 }
 
 fn main() {
-    let mut args = reference::Args::parse();
-    let upstream: std::net::SocketAddr = args.upstream.parse().expect("UPSTREAM: HOST:PORT");
-    let mut server = args.server();
-    let peer = HttpPeer::new(upstream, false, String::new());
-    let mut proxy = http_proxy_service(&server.configuration, PassThrough(peer));
-    proxy.add_tcp(&args.listen);
-    server.add_service(proxy);
-    server.run_forever();
+    reference::serve(PassThrough);
 }

@@ -53,12 +53,5 @@ impl ProxyHttp for PassThroughHeaders {
 }
 
 fn main() {
-    let mut args = reference::Args::parse();
-    let upstream: std::net::SocketAddr = args.upstream.parse().expect("UPSTREAM: HOST:PORT");
-    let mut server = args.server();
-    let peer = HttpPeer::new(upstream, false, String::new());
-    let mut proxy = http_proxy_service(&server.configuration, PassThroughHeaders(peer));
-    proxy.add_tcp(&args.listen);
-    server.add_service(proxy);
-    server.run_forever();
+    reference::serve(PassThroughHeaders);
 }

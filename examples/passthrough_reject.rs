@@ -44,10 +44,5 @@ impl ProxyHttp for Reject {
 }
 
 fn main() {
-    let mut args = reference::Args::parse();
-    let mut server = args.server();
-    let mut proxy = http_proxy_service(&server.configuration, Reject);
-    proxy.add_tcp(&args.listen);
-    server.add_service(proxy);
-    server.run_forever();
+    reference::serve(|_peer| Reject);
 }
