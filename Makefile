@@ -9,13 +9,15 @@
 #               benches/e2e.sh (wrk against keygate's floors: a Pingora pass-through and
 #               Pingora's cheapest rejection, built as keygate is; nginx beside them, and the
 #               stretch references: nginx with a Lua key check, HAProxy with a static map),
+#               benches/instructions.sh (instructions per request against the same floors,
+#               counted by valgrind: deterministic where req/s move from run to run),
 #               benches/slowloris.sh (valid keys under a slowloris attack),
 #               benches/flood.sh (memory through three floods), benches/fleet.sh (fleet
 #               limits: hot path against scope local, overshoot against the bound) and the
 #               fleet's sync cost and allocations per request; every wrk run checks its
 #               answers and fails the bench on a wrong one
 #   make bench-deps  what `make bench` needs on top of `make deps`, with apt when missing:
-#               wrk, nginx's Lua module and HAProxy (`make test` needs none of them)
+#               wrk, nginx's Lua module, HAProxy and valgrind (`make test` needs none of them)
 #   make fuzz   cargo-fuzz on key extraction and config parsing (nightly; FUZZ_SECONDS each)
 #   make soak   benches/soak.sh: 10 minutes at 60% load with Redis faults (not in CI)
 
@@ -49,6 +51,7 @@ bench-deps: deps
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	[ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing="$$missing libnginx-mod-http-lua"; \
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; \
@@ -90,6 +93,7 @@ bench: bench-deps
 	$(CARGO) build $(PROFILE) --bin keygate --example passthrough --example passthrough_reject \
 		--example passthrough_headers
 	benches/e2e.sh
+	benches/instructions.sh
 	benches/slowloris.sh
 	benches/flood.sh
 	benches/fleet.sh

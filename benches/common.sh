@@ -14,8 +14,9 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# wait_port PORT: up to PORT_WAIT_TRIES (100) tenths of a second for PORT to open.
 wait_port() {
-    for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done
+    for _ in $(seq "${PORT_WAIT_TRIES:-100}"); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done
     echo "port $1 never opened" >&2
     exit 1
 }
@@ -81,6 +82,10 @@ runtime_yaml() {
     echo "work_stealing: $work_stealing"
 }
 
+# What keygate and the references are started under: nothing, unless a script sets it (the
+# instruction counts of benches/instructions.sh run them under valgrind).
+launcher=
+
 # keygate_start PORT ADMIN REDIS UPSTREAM [EXTRA-YAML]: on KEYGATE_CPUS (core 0), limits off
 # unless KEYGATE_RATE_LIMIT gives the `rate_limit` section's flow mapping; sets keygate_pid.
 # Its config is $work/keygate-PORT.yaml and its log $work/keygate-PORT.log. Redis shares core 1
@@ -99,7 +104,7 @@ store: {redis: {url: "redis://127.0.0.1:$3/0", timeout_ms: 1000}}
 rate_limit: ${KEYGATE_RATE_LIMIT:-$limits}
 ${5:-}
 CONF
-    RUST_LOG=warn taskset -c "${KEYGATE_CPUS:-0}" ./target/release/keygate -c "$work/keygate-$1.yaml" \
+    RUST_LOG=warn taskset -c "${KEYGATE_CPUS:-0}" $launcher ./target/release/keygate -c "$work/keygate-$1.yaml" \
         2>"$work/keygate-$1.log" &
     keygate_pid=$!
     pids+=($keygate_pid)
@@ -110,7 +115,7 @@ CONF
 # reference_start NAME PORT UPSTREAM: an example from examples/ (passthrough,
 # passthrough_reject) on core 0, with keygate's runtime; sets reference_pid.
 reference_start() {
-    taskset -c "${KEYGATE_CPUS:-0}" "./target/release/examples/$1" "127.0.0.1:$2" "127.0.0.1:$3" \
+    taskset -c "${KEYGATE_CPUS:-0}" $launcher "./target/release/examples/$1" "127.0.0.1:$2" "127.0.0.1:$3" \
         "$threads" "$work_stealing" 2>"$work/$1.log" &
     reference_pid=$!
     pids+=($reference_pid)
@@ -222,6 +227,23 @@ local n = 0
 request = function()
   n = (n + 1) % 1000
   return wrk.format("POST", "/ingest", {["X-ApiKey"] = string.format("${BENCH_KEY_PREFIX:-bench-key}-%03d", n), ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
+end
+LUA
+}
+
+# unknown_keys_scripts: $work/unknown.lua (one unknown key, repeated) and $work/random.lua (a
+# random unknown key per request), the rejection runs' POSTs.
+unknown_keys_scripts() {
+wrk_script unknown <<'LUA'
+request = function()
+  return wrk.format("POST", "/ingest", {["X-ApiKey"] = "bench-unknown-key", ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
+end
+LUA
+wrk_script random <<'LUA'
+math.randomseed(os.time())
+request = function()
+  local key = string.format("%08x%08x%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+  return wrk.format("POST", "/ingest", {["X-ApiKey"] = key, ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
 end
 LUA
 }

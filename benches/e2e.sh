@@ -58,18 +58,7 @@ else
 fi
 
 valid_keys_script
-wrk_script unknown <<'LUA'
-request = function()
-  return wrk.format("POST", "/ingest", {["X-ApiKey"] = "bench-unknown-key", ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
-end
-LUA
-wrk_script random <<'LUA'
-math.randomseed(os.time())
-request = function()
-  local key = string.format("%08x%08x%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
-  return wrk.format("POST", "/ingest", {["X-ApiKey"] = key, ["Content-Type"] = "application/json"}, '{"event":"crash","n":1}')
-end
-LUA
+unknown_keys_scripts
 
 echo "threads: $threads, work stealing: $work_stealing; load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for round in $(seq "$rounds"); do
