@@ -44,8 +44,9 @@ deps:
 		$(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; \
 	fi
 
-# The references of benches/e2e.sh are optional there (skipped with a note when absent);
-# `make bench` installs them so its table holds them.
+# The references of benches/e2e.sh and the valgrind of benches/instructions.sh are optional
+# there (each skipped with a note when absent); `make bench` installs them so its tables hold
+# them.
 bench-deps: deps
 	@missing=""; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \

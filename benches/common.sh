@@ -1,7 +1,7 @@
-# Shared by the benches' scripts (e2e.sh, slowloris.sh, soak.sh, fleet.sh): processes on loopback that
-# clean up after themselves, free ports, a fast upstream (nginx answering 200), a Redis loaded
-# with keys, keygate and its references on the same runtime, and wrk runs that check their
-# answers and read the proxy's CPU time.
+# Shared by the benches' scripts (e2e.sh, instructions.sh, slowloris.sh, flood.sh, soak.sh,
+# fleet.sh): processes on loopback that clean up after themselves, free ports, a fast upstream
+# (nginx answering 200), a Redis loaded with keys, keygate and its references on the same
+# runtime, and wrk runs that check their answers and read the proxy's CPU time.
 
 work=$(mktemp -d)
 pids=()

@@ -34,15 +34,22 @@ valid_keys_script
 unknown_keys_scripts
 
 # counted NAME EXPECT PID URL SCRIPT: warms PID, then counts its instructions over one checked
-# wrk run; appends "NAME instructions software-sha256-instructions" to $work/instructions.
+# wrk run; appends "NAME instructions software-sha256-instructions" to $work/instructions. A run
+# that leaves no dump, or one without a count, is a failure (fail_if_any).
 counted() {
-    local name=$1 expect=$2 pid=$3 url=$4 script=$5 dump
+    local name=$1 expect=$2 pid=$3 url=$4 script=$5 dumps dump
     BENCH_CONNECTIONS=4 BENCH_SECONDS=6 checked_wrk "warm-$name" "$expect" "$pid" "$url" "$script" || true
+    # A process's dumps are numbered on (callgrind.PID.1, .2, ...): this run's is the next.
+    dumps=$(find "$work" -maxdepth 1 -name "callgrind.$pid.*" | wc -l)
+    dump=$work/callgrind.$pid.$((dumps + 1))
     callgrind_control --instr=on "$pid" >/dev/null 2>&1
     BENCH_CONNECTIONS=4 BENCH_SECONDS=$seconds checked_wrk "$name" "$expect" "$pid" "$url" "$script" || true
     callgrind_control --instr=off "$pid" >/dev/null 2>&1
     callgrind_control --dump "$pid" >/dev/null 2>&1
-    dump=$work/callgrind.$pid.1
+    if [ ! -s "$dump" ]; then
+        echo "FAIL $name: callgrind wrote no $dump" | tee -a "$work/failures" >&2
+        return
+    fi
     callgrind_annotate --auto=no --threshold=100 "$dump" 2>/dev/null | python3 -c '
 import re, sys
 total = sha = 0
@@ -55,7 +62,10 @@ for line in sys.stdin:
         total = count
     elif ":sha2::sha256::soft::" in m.group(2) or ":sha2::sha256::compress256" in m.group(2):
         sha += count
-print(sys.argv[1], total, sha)' "$name" >> "$work/instructions"
+if total == 0:
+    sys.exit(1)
+print(sys.argv[1], total, sha)' "$name" >> "$work/instructions" ||
+        echo "FAIL $name: no instruction count in $dump" | tee -a "$work/failures" >&2
 }
 
 # alone NAME EXPECT SCRIPT START...: starts one process under callgrind, counts it, stops it.
@@ -91,12 +101,20 @@ counted keygate_unknown_repeated 4xx "$keygate_pid" "http://127.0.0.1:$p" unknow
 counted keygate_unknown_random 4xx "$keygate_pid" "http://127.0.0.1:$p" random
 kill -KILL "$keygate_pid" 2>/dev/null || true
 
-python3 - "$work/results" "$work/instructions" <<'PY'
+touch "$work/instructions"
+python3 - "$work/results" "$work/instructions" "$work/failures" <<'PY'
 import sys
-requests = {}
+requests, reads = {}, {}
 for line in open(sys.argv[1]):
     fields = line.split()
     requests[fields[0]] = int(fields[4])
+    reads[fields[0]] = int(fields[7])
+# Warmed, keygate answers every valid key from its cache: a store read in the counted run would
+# count a Redis round trip as the valid path's.
+if reads.get("keygate_valid", 0):
+    with open(sys.argv[3], "a") as failures:
+        print(f"FAIL keygate_valid: {reads['keygate_valid']} store reads in the counted run (warm-up too short)",
+              file=failures)
 counts = {}
 for line in open(sys.argv[2]):
     name, total, sha = line.split()
