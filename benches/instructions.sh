@@ -15,7 +15,8 @@
 #
 # Valgrind's virtual CPU has no SHA extensions, so keygate hashes keys in software here: the
 # "software SHA-256" column gives what that costs, the part of keygate's count that a CPU with
-# SHA-NI (any recent x86) does in a tenth of the instructions.
+# SHA-NI does in hardware (the whole hash in 60 ns on this project's machine: `cargo bench
+# --bench decision`, stage/key_id_sha256), and a CPU without them pays as counted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
