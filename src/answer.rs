@@ -195,7 +195,6 @@ mod tests {
             let retry =
                 header.headers.get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
             assert_eq!(retry, retry_after);
-            assert_eq!(header.headers.get("retry-after").is_some(), retry_after.is_some());
             assert_eq!(header.headers.get("ratelimit-limit").is_some(), status == 429);
         }
         let quota = Rejection::QuotaExceeded(Exhausted { retry_after: 7, quota: 300 }).response_header();
